@@ -1,0 +1,561 @@
+"""Assay configuration: one frozen, validated object shared by every face.
+
+The same :class:`AssayConfig` drives the napari widgets, the ``exouptake`` command and the
+Python API, so a setting tuned by clicking gives the very same numbers in a headless batch.
+It round-trips to YAML (:func:`load_config`, :func:`save_config`, :func:`dump_config`).
+
+Every user mistake (an unknown key, a wrong type, a missing channel role) raises
+:class:`ConfigError`, a :class:`ValueError` whose message names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AssayConfig",
+    "ChannelsConfig",
+    "CollagenConfig",
+    "ConfigError",
+    "MarkerConfig",
+    "PositivityConfig",
+    "PositivityRule",
+    "ResolvedChannels",
+    "SegmentationConfig",
+    "SpotsConfig",
+    "TubesConfig",
+    "config_hash",
+    "dump_config",
+    "load_config",
+    "save_config",
+    "template_config",
+]
+
+ChannelRef = Union[int, str]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
+
+
+class ConfigError(ValueError):
+    """A user mistake in an assay config: the message names the key and what is allowed."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def _check_channel_ref(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a channel is a 0-based index or a channel name, not true/false")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"channel index must be >= 0, got {value}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("channel name must not be empty")
+    return value
+
+
+def _check_threshold(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("threshold must be 'auto' or a number")
+    return float(value)
+
+
+Threshold = Annotated[Union[Literal["auto"], float], BeforeValidator(_check_threshold)]
+CheckedChannel = Annotated[ChannelRef, BeforeValidator(lambda v: _check_channel_ref(v))]
+
+
+class PositivityRule(_Frozen):
+    """How a cell is called positive for one readout.
+
+    Attributes
+    ----------
+    method : {"fixed", "auto", "control"}
+        ``fixed``: ``metric >= value``. ``auto``: threshold found from the data (see
+        :mod:`napari_exouptake.measure`). ``control``: the ``percentile`` of the metric in the
+        cells of the control condition (for example dye-only control cells).
+    value : float or None
+        The threshold for ``fixed``.
+    metric : str
+        Column the rule applies to (``exo_spot_count``, ``mean_intensity`` ...).
+    percentile : float
+        Percentile (0-100) of control cells for ``control``.
+    """
+
+    method: Literal["fixed", "auto", "control"] = "auto"
+    value: float | None = None
+    metric: str = "mean_intensity"
+    percentile: float = Field(99.0, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _fixed_needs_value(self) -> PositivityRule:
+        if self.method == "fixed" and self.value is None:
+            raise ValueError("method 'fixed' needs a number in 'value'")
+        return self
+
+
+class MarkerConfig(_Frozen):
+    """One immunofluorescence marker channel (e.g. CD31, VEGF-A, Collagen I)."""
+
+    channel: CheckedChannel
+    kind: Literal["angiogenesis", "collagen", "other"] = "other"
+    positivity: PositivityRule | None = None
+
+
+class ResolvedChannels(_Frozen):
+    """Channel roles resolved to 0-based indices for one image."""
+
+    nucleus: int | None = None
+    cell: int | None = None
+    exosome: int | None = None
+    markers: dict[str, int] = Field(default_factory=dict)
+
+
+class ChannelsConfig(_Frozen):
+    """Channel roles: each a 0-based index or a channel name from the file's metadata."""
+
+    nucleus: ChannelRef | None = None
+    cell: ChannelRef | None = None
+    exosome: ChannelRef | None = None
+    markers: dict[str, MarkerConfig] = Field(default_factory=dict)
+
+    @field_validator("nucleus", "cell", "exosome", mode="before")
+    @classmethod
+    def _ref(cls, v: Any) -> Any:
+        return None if v is None else _check_channel_ref(v)
+
+    @field_validator("markers")
+    @classmethod
+    def _marker_names(cls, v: dict[str, MarkerConfig]) -> dict[str, MarkerConfig]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(
+                    f"marker name {name!r} must start with a letter and use only letters, digits "
+                    "and '_' (it becomes a column prefix such as cd31_mean_intensity)"
+                )
+        return v
+
+    def resolve(self, channel_names: Sequence[str]) -> ResolvedChannels:
+        """Resolve every role to a channel index of an image.
+
+        Parameters
+        ----------
+        channel_names : sequence of str
+            The image's channel names, one per channel (``ImageData.channel_names``).
+
+        Returns
+        -------
+        ResolvedChannels
+
+        Raises
+        ------
+        ConfigError
+            When an index is out of range or a name is not among ``channel_names``.
+        """
+        names = list(channel_names)
+
+        def one(role: str, ref: ChannelRef | None) -> int | None:
+            if ref is None:
+                return None
+            listing = ", ".join(f"{i}: {n}" for i, n in enumerate(names)) or "none"
+            if isinstance(ref, int):
+                if ref >= len(names):
+                    raise ConfigError(
+                        f"channels.{role}: channel {ref} does not exist: the image has "
+                        f"{len(names)} channel(s) ({listing})"
+                    )
+                return ref
+            folded = [n.casefold() for n in names]
+            if ref.casefold() in folded:
+                return folded.index(ref.casefold())
+            if ref.isdigit() and int(ref) < len(names):
+                return int(ref)
+            raise ConfigError(
+                f"channels.{role}: no channel named {ref!r}; the image's channels are ({listing})"
+            )
+
+        return ResolvedChannels(
+            nucleus=one("nucleus", self.nucleus),
+            cell=one("cell", self.cell),
+            exosome=one("exosome", self.exosome),
+            markers={k: one(f"markers.{k}.channel", m.channel) for k, m in self.markers.items()},
+        )
+
+
+class SegmentationConfig(_Frozen):
+    """Cellpose segmentation settings (see :mod:`napari_exouptake.segmentation`)."""
+
+    mode: Literal["cells", "nuclei", "expand"] = "cells"
+    model: str = "demo-cells"
+    nuclei_model: str | None = None
+    diameter_px: float | None = Field(30.0, gt=0)
+    device: str = "auto"
+    expand_method: Literal["distance", "watershed"] = "distance"
+    expand_um: float = Field(5.0, ge=0)
+    do_3d: bool = False
+    stitch_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    flow_threshold: float = Field(0.4, ge=0.0)
+    cellprob_threshold: float = 0.0
+    batch_size: int = Field(8, ge=1)
+    min_size_px: int = Field(15, ge=0)
+    resample: bool = False
+    tile_overlap: float = Field(0.1, ge=0.0, le=0.9)
+    normalize: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+class SpotsConfig(_Frozen):
+    """Exosome punctum detection settings (see :mod:`napari_exouptake.spots`)."""
+
+    radius_px: float = Field(1.8, gt=0)
+    threshold: Threshold = "auto"
+    threshold_k: float = Field(5.0, gt=0)
+    background_radius_px: float | None = Field(None, gt=0)
+    min_distance_px: float | None = Field(None, gt=0)
+    cluster_estimate: bool = True
+    exclude_border_px: int = Field(0, ge=0)
+
+
+class PositivityConfig(_Frozen):
+    """Positivity calls for uptake and markers.
+
+    ``exosome`` defaults to "at least one punctum"; ``markers`` is the default rule for every
+    marker without its own ``positivity``. ``control_condition`` names the condition whose cells
+    set ``control`` thresholds (for PKH-type dyes, the dye-only control).
+    """
+
+    exosome: PositivityRule = PositivityRule(method="fixed", value=1, metric="exo_spot_count")
+    markers: PositivityRule = PositivityRule(method="auto", metric="mean_intensity")
+    control_condition: str | None = None
+
+
+class TubesConfig(_Frozen):
+    """Tube-formation network analysis on one channel (see :mod:`napari_exouptake.tubes`)."""
+
+    channel: CheckedChannel
+    bright_tubes: bool = True
+    smoothing_sigma_px: float = Field(2.0, ge=0)
+    threshold: Threshold = "auto"
+    min_segment_length_px: float = Field(10.0, ge=0)
+    min_mesh_area_px: float = Field(100.0, ge=0)
+
+
+class CollagenConfig(_Frozen):
+    """Collagen area and fibre architecture on one channel (:mod:`napari_exouptake.collagen`)."""
+
+    channel: CheckedChannel
+    threshold: Threshold = "auto"
+    tensor_sigma_px: float = Field(2.0, gt=0)
+    ridge_sigma_px: float = Field(2.0, gt=0)
+    ring_width_px: float = Field(10.0, ge=0)
+
+
+class AssayConfig(_Frozen):
+    """Everything that defines one assay analysis.
+
+    Build it from YAML with :func:`load_config`, from a dict with :meth:`from_dict`, or with
+    keyword arguments. It is immutable: use ``cfg.model_copy(update={...})`` or
+    :meth:`with_updates` for variants.
+    """
+
+    channels: ChannelsConfig = ChannelsConfig()
+    pixel_size_um: float | None = Field(None, gt=0)
+    axes: str | None = None
+    segmentation: SegmentationConfig = SegmentationConfig()
+    spots: SpotsConfig = SpotsConfig()
+    positivity: PositivityConfig = PositivityConfig()
+    tubes: TubesConfig | None = None
+    collagen: CollagenConfig | None = None
+    conditions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        up = v.upper()
+        if not re.fullmatch(r"[TCZYXS]+", up) or len(set(up)) != len(up) or not up.endswith("YX"):
+            raise ValueError(
+                f"axes {v!r} must use each of the letters T, C, Z, Y, X (S for RGB samples) at "
+                "most once and end with YX, e.g. 'CYX', 'ZCYX', 'TZCYX'"
+            )
+        return up
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> AssayConfig:
+        """Validate a plain mapping (e.g. parsed YAML); raise :class:`ConfigError` on mistakes."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"an assay config is a mapping of keys (channels, segmentation, ...), got "
+                f"{type(data).__name__}"
+            )
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc)) from None
+
+    def with_updates(self, **sections: Any) -> AssayConfig:
+        """Return a validated copy with top-level keys replaced (dicts are merged one level)."""
+        data = self.to_dict()
+        for key, value in sections.items():
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+                merged = dict(data[key])
+                merged.update(value)
+                value = merged
+            data[key] = value
+        return AssayConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-safe dict that :meth:`from_dict` turns back into an equal config."""
+        return self.model_dump(mode="json")
+
+    def check_roles(self, task: Literal["segment", "analyze", "quantify"] = "analyze") -> None:
+        """Raise :class:`ConfigError` when a channel role that ``task`` needs is missing.
+
+        ``segment`` needs the roles of ``segmentation.mode`` (``nuclei``/``expand``: nucleus;
+        ``cells``: cell or nucleus); ``analyze`` needs those and ``exosome``; ``quantify``
+        (labels given, no segmentation) needs only ``exosome``.
+        """
+        if task in ("segment", "analyze"):
+            mode = self.segmentation.mode
+            if mode in ("nuclei", "expand") and self.channels.nucleus is None:
+                raise ConfigError(
+                    f"segmentation.mode {mode!r} needs channels.nucleus (the nuclear stain "
+                    "channel): give its 0-based index or its name"
+                )
+            if mode == "cells" and self.channels.cell is None and self.channels.nucleus is None:
+                raise ConfigError(
+                    "segmentation.mode 'cells' needs channels.cell (cytoplasm/membrane stain) "
+                    "or at least channels.nucleus: give a 0-based index or a channel name"
+                )
+        if task in ("analyze", "quantify"):
+            self.require("exosome")
+
+    def require(self, *roles: str) -> None:
+        """Raise :class:`ConfigError` unless every named channel role is set.
+
+        Parameters
+        ----------
+        roles : str
+            ``"nucleus"``, ``"cell"`` or ``"exosome"``.
+        """
+        missing = [r for r in roles if getattr(self.channels, r) is None]
+        if missing:
+            raise ConfigError(
+                "missing required channel role(s): "
+                + ", ".join(f"channels.{r}" for r in missing)
+                + " (give a 0-based channel index or the channel's name)"
+            )
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        # drop pydantic's union-branch tags such as "int" / "literal['auto']" / "function-after"
+        key = ".".join(p for p in loc if not _is_union_tag(p)) or "(top level)"
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            parent = _model_at(AssayConfig, [p for p in loc[:-1] if not _is_union_tag(p)])
+            allowed = ", ".join(parent.model_fields) if parent is not None else "see the template"
+            lines.append(f"unknown config key {key!r}; allowed here: {allowed}")
+        elif etype == "missing":
+            lines.append(f"config key {key!r} is required")
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            got = err.get("input")
+            if isinstance(got, (dict, list)):
+                lines.append(f"config key {key!r}: {msg}")
+            else:
+                lines.append(f"config key {key!r}: {msg} (got {got!r})")
+    # de-duplicate messages from union branches while keeping order
+    seen: list[str] = []
+    for line in lines:
+        if line not in seen:
+            seen.append(line)
+    return "; ".join(seen)
+
+
+def _is_union_tag(part: str) -> bool:
+    return part in {"int", "str", "float", "bool"} or part.startswith(("literal[", "function-"))
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in path:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        if part in current.model_fields:
+            current = _unwrap_model(current.model_fields[part].annotation)
+        elif current is ChannelsConfig or current is None:
+            return None
+        else:
+            # a key of a dict-valued field (e.g. a marker name)
+            current = _unwrap_model(current)
+    if current is None:
+        return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# -- YAML --------------------------------------------------------------------------------------
+
+
+def load_config(source: str | Path | Mapping[str, Any]) -> AssayConfig:
+    """Load an assay config from a YAML file path, a YAML string or a mapping.
+
+    Raises
+    ------
+    ConfigError
+        For a missing file, invalid YAML or any invalid key or value (the message names it).
+    """
+    if isinstance(source, Mapping):
+        return AssayConfig.from_dict(source)
+    text: str
+    origin: str
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    else:
+        text = str(source)
+        origin = "<string>"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    try:
+        return AssayConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def dump_config(config: AssayConfig) -> str:
+    """YAML text of a config; :func:`load_config` of it gives an equal config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def save_config(config: AssayConfig, path: str | Path) -> Path:
+    """Write ``config`` as YAML to ``path`` and return the path."""
+    path = Path(path)
+    path.write_text(dump_config(config), encoding="utf-8")
+    return path
+
+
+def config_hash(config: AssayConfig) -> str:
+    """SHA-256 (hex) of the config's canonical JSON; equal configs give equal hashes."""
+    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+TEMPLATE = """\
+# napari-exouptake assay configuration (YAML).
+# Load with `exouptake analyze IMAGES --config THIS_FILE --out DIR` or the napari widget.
+
+channels:                 # 0-based channel index, or the channel name from the file's metadata
+  nucleus: 0              # nuclear stain (DAPI/Hoechst); needed for modes nuclei and expand
+  cell: 1                 # cytoplasm/membrane stain (CellMask, phalloidin); used by mode cells
+  exosome: 2              # labelled-exosome channel (PKH26/PKH67/DiI/DiD or CD63-GFP)
+  markers:                # optional immunofluorescence markers: name -> channel and kind
+    cd31:
+      channel: 3
+      kind: angiogenesis  # angiogenesis | collagen | other
+    col1:
+      channel: 4
+      kind: collagen
+pixel_size_um: null       # um per pixel; null = read from the file's metadata
+axes: null                # override the axis order read from the file, e.g. CYX, ZCYX, TCZYX
+
+segmentation:
+  mode: cells             # cells (cytoplasm + nucleus) | nuclei | expand (cells grown from nuclei)
+  model: demo-cells       # demo-cells | demo-nuclei | cyto3 | nuclei | cpsam | path to a model file
+  nuclei_model: null      # model for nuclei; null = demo-nuclei for demo models, else nuclei
+  diameter_px: 30         # typical cell diameter in pixels; null = let Cellpose estimate it
+  device: auto            # auto (CUDA > MPS > CPU) | cpu | cuda | cuda:N | mps
+  expand_method: distance # mode expand: distance (fixed growth) | watershed (on cytoplasm signal)
+  expand_um: 5.0          # mode expand: how far cells reach beyond the nucleus, in um
+  do_3d: false            # z-stacks: true = 3D segmentation
+  stitch_threshold: 0.0   # z-stacks: > 0 = 2D per plane, stitched at this IoU
+  flow_threshold: 0.4     # Cellpose flow error threshold (higher = more, looser cells)
+  cellprob_threshold: 0.0 # Cellpose cell probability threshold (lower = larger cells)
+  batch_size: 8           # tiles per network pass (GPU memory)
+  min_size_px: 15         # drop objects smaller than this many pixels
+  resample: false         # Cellpose resample (slower, smoother outlines)
+  tile_overlap: 0.1       # fraction of overlap between tiles
+  normalize: true         # percentile-normalise channels before the network
+
+spots:
+  radius_px: 1.8          # expected punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma
+  threshold: auto         # auto (threshold_k x robust noise), or a number in filtered units
+  threshold_k: 5.0        # auto threshold in multiples of the robust noise sigma
+  background_radius_px: null  # local background window; null = derived from radius_px
+  min_distance_px: null   # minimum distance between puncta; null = derived from radius_px
+  cluster_estimate: true  # estimate puncta per bright aggregate from the typical single punctum
+  exclude_border_px: 0    # ignore puncta this close to the image border
+
+positivity:
+  exosome:                # EV-positive cell: exo_spot_count >= 1 by default
+    method: fixed         # fixed | auto | control (percentile of control_condition cells)
+    value: 1
+    metric: exo_spot_count
+    percentile: 99.0
+  markers:                # default rule for every marker without its own positivity
+    method: auto
+    value: null
+    metric: mean_intensity
+    percentile: 99.0
+  control_condition: null # e.g. dye_only: its cells set 'control' thresholds
+
+tubes: null               # e.g. {channel: 3}: tube-formation network analysis on that channel
+collagen: null            # e.g. {channel: 4}: collagen area and fibre architecture
+
+conditions: {}            # file-name glob -> condition, e.g. {"*ctrl*": untreated, "*EV*": ev}
+"""
+
+
+def template_config() -> str:
+    """The fully commented default config printed by ``exouptake config --template``."""
+    return TEMPLATE
