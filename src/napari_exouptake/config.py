@@ -297,10 +297,11 @@ class AssayConfig(_Frozen):
         if v is None:
             return v
         up = v.upper()
-        if not re.fullmatch(r"[TCZYXS]+", up) or len(set(up)) != len(up) or not up.endswith("YX"):
+        letters_ok = re.fullmatch(r"[TCZYXS]+", up) and len(set(up)) == len(up)
+        if not letters_ok or not {"Y", "X"} <= set(up):
             raise ValueError(
                 f"axes {v!r} must use each of the letters T, C, Z, Y, X (S for RGB samples) at "
-                "most once and end with YX, e.g. 'CYX', 'ZCYX', 'TZCYX'"
+                "most once and include Y and X, e.g. 'CYX', 'ZCYX', 'TZCYX'"
             )
         return up
 
