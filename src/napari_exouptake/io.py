@@ -233,13 +233,39 @@ def read_image(path: str | Path, axes: str | None = None) -> ImageData:
     return image
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _read_tiff(path: Path, axes: str | None) -> ImageData:
+    # tifffile logs (rather than raises) broken page chains of truncated files and then returns
+    # what it could read; collect those messages and refuse the file instead.
+    handler = _Collect()
+    tlog = logging.getLogger("tifffile")
+    tlog.addHandler(handler)
+    try:
+        image = _read_tiff_inner(path, axes)
+    finally:
+        tlog.removeHandler(handler)
+    broken = [m for m in handler.messages if "invalid" in m or "corrupt" in m.lower()]
+    if broken:
+        raise ImageReadError(f"{path}: the file is truncated or corrupt ({broken[0]})")
+    return image
+
+
+def _read_tiff_inner(path: Path, axes: str | None) -> ImageData:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ImageReadError(f"{path}: the TIFF holds no image series")
         series = tif.series[0]
+        _check_complete(tif, path)
         data = series.asarray()
         file_axes = series.axes
         names: list[str] | None = None
@@ -270,6 +296,19 @@ def _read_tiff(path: Path, axes: str | None) -> ImageData:
     if names is not None and len(names) == img.n_channels:
         img = replace(img, channel_names=tuple(names))
     return replace(img, metadata=meta)
+
+
+def _check_complete(tif, path: Path) -> None:
+    """Refuse a truncated TIFF: tifffile would silently fill the missing strips with zeros."""
+    size = path.stat().st_size
+    for page in tif.pages:
+        offsets = getattr(page, "dataoffsets", None) or ()
+        counts = getattr(page, "databytecounts", None) or ()
+        if offsets and counts and max(o + c for o, c in zip(offsets, counts, strict=False)) > size:
+            raise ImageReadError(
+                f"{path}: the file is truncated (pixel data ends past its {size} bytes); "
+                "copy it again from the source"
+            )
 
 
 def _clean_axes(file_axes: str, shape: tuple[int, ...], path: Path) -> str:
