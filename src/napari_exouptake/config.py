@@ -261,6 +261,9 @@ class TubesConfig(_Frozen):
     threshold: Threshold = "auto"
     min_segment_length_px: float = Field(10.0, ge=0)
     min_mesh_area_px: float = Field(100.0, ge=0)
+    background_radius_px: float | None = Field(25.0, gt=0)
+    min_object_area_px: float | None = Field(None, ge=0)
+    junction_merge_px: float | None = Field(None, ge=0)
 
 
 class CollagenConfig(_Frozen):
@@ -271,6 +274,13 @@ class CollagenConfig(_Frozen):
     tensor_sigma_px: float = Field(2.0, gt=0)
     ridge_sigma_px: float = Field(2.0, gt=0)
     ring_width_px: float = Field(10.0, ge=0)
+    threshold_method: Literal["otsu", "li", "triangle"] = "otsu"
+    bright_collagen: bool = True
+    smoothing_sigma_px: float = Field(1.0, ge=0)
+    gradient_sigma_px: float = Field(1.0, gt=0)
+    ridge_threshold: Threshold = "auto"
+    min_fibre_length_px: float = Field(10.0, ge=0)
+    n_angle_bins: int = Field(12, ge=2)
 
 
 class AssayConfig(_Frozen):

@@ -1,0 +1,736 @@
+"""Tube-formation (angiogenesis) network analysis of one 2D image.
+
+Readouts follow the vocabulary of ImageJ's *Angiogenesis Analyzer* (G. Carpentier):
+junctions, nodes, extremities, segments, branches, isolated segments, master
+segments, meshes, total length, total branching length, branching interval;
+plus the percentage vessel area and vessel count used for CD31/vWF
+immunofluorescence. See ``docs/readouts.md`` for definitions and measured
+accuracy.
+
+Pipeline: (optionally inverted) image -> Gaussian smoothing -> background
+subtraction (grey opening) -> threshold (Otsu or a number) -> small-object and
+small-hole clean-up -> skeleton -> spur pruning -> skan graph -> junction
+clustering -> segment classification -> master tree -> meshes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+__all__ = ["TubeResult", "analyze_tubes", "tube_overlay"]
+
+log = logging.getLogger(__name__)
+
+#: Colours used by :func:`tube_overlay` (RGB).
+OVERLAY_COLOURS = {
+    "segment": (255, 220, 0),
+    "branch": (0, 200, 255),
+    "isolated": (255, 0, 255),
+    "internal": (255, 220, 0),
+    "junction": (255, 30, 30),
+    "extremity": (40, 90, 255),
+}
+
+
+@dataclass(frozen=True)
+class TubeResult:
+    """Result of :func:`analyze_tubes`.
+
+    Attributes
+    ----------
+    mask : (Y, X) bool ndarray
+        Tube (vessel) mask after clean-up.
+    skeleton : (Y, X) bool ndarray
+        One-pixel-wide centre lines after spur pruning.
+    junctions : (J, 2) float ndarray
+        Junction centres (y, x), pixels; a junction is a cluster of skeleton
+        branch points closer than about one tube width, with >= 3 arms.
+    nodes : (N, 2) float ndarray
+        Skeleton branch points (pixels with >= 3 skeleton neighbours after skan's
+        graph construction), (y, x) pixels.
+    extremities : (E, 2) float ndarray
+        Free ends (y, x), pixels.
+    segments : pandas.DataFrame
+        One row per skeleton path: ``path_id``, ``kind`` ("segment": junction to
+        junction, "branch": junction to extremity, "isolated": extremity to
+        extremity or a closed loop without junction, "internal": a short link
+        inside one junction cluster), ``junction_src``, ``junction_dst`` (-1 = an
+        extremity), ``length_px``, ``length`` (in ``length_unit``),
+        ``mean_width_px``, ``master`` (bool: part of the master tree).
+    meshes : (Y, X) int32 ndarray
+        Mesh labels (regions fully enclosed by tubes, area >= min_mesh_area_px), 0 elsewhere.
+    metrics : dict[str, float | int | str]
+        Image-level readouts, every key prefixed ``tube_`` (see ``docs/readouts.md``).
+    pixel_size_um : float or None
+        Pixel size used for physical units.
+    """
+
+    mask: np.ndarray = field(repr=False)
+    skeleton: np.ndarray = field(repr=False)
+    junctions: np.ndarray
+    nodes: np.ndarray
+    extremities: np.ndarray
+    segments: pd.DataFrame = field(repr=False)
+    meshes: np.ndarray = field(repr=False)
+    metrics: dict
+    pixel_size_um: float | None = None
+
+
+def analyze_tubes(
+    image2d: np.ndarray,
+    *,
+    pixel_size_um: float | None = None,
+    bright_tubes: bool = True,
+    smoothing_sigma_px: float = 2.0,
+    threshold: Literal["auto"] | float = "auto",
+    min_segment_length_px: float = 10.0,
+    min_mesh_area_px: float = 100.0,
+    background_radius_px: float | None = 25.0,
+    min_object_area_px: float | None = None,
+    junction_merge_px: float | None = None,
+) -> TubeResult:
+    """Analyse a tube-formation network (HUVEC on Matrigel, CD31/calcein stains).
+
+    Parameters
+    ----------
+    image2d : (Y, X) ndarray
+        One plane (phase contrast, calcein or CD31/vWF fluorescence). 3D input is
+        rejected: project it first.
+    pixel_size_um : float, optional
+        Pixel size in micrometres. Lengths are then in um and areas in um^2,
+        otherwise in px and px^2 (``metrics["tube_length_unit"]`` says which).
+    bright_tubes : bool
+        True when tubes are brighter than the background (fluorescence); False
+        inverts the image first (e.g. dark tubes in bright-field/phase contrast).
+    smoothing_sigma_px : float
+        Gaussian smoothing sigma before thresholding, pixels (0 = none).
+    threshold : "auto" or float
+        "auto" = Otsu's threshold of the smoothed, background-subtracted image;
+        a number is applied to that same image (intensity units of the input,
+        background already subtracted).
+    min_segment_length_px : float
+        Branches (junction-to-free-end) and isolated elements shorter than this
+        are pruned as spurs, pixels. Spurs shorter than 1.5 x the median tube
+        width are always pruned (skeleton artefacts at corners of thick tubes).
+    min_mesh_area_px : float
+        Enclosed background regions smaller than this are filled (not meshes), px^2.
+    background_radius_px : float or None
+        Half-size of the grey-opening window used to estimate a smooth
+        background (uneven illumination); should exceed the tube half-width.
+        None disables background subtraction.
+    min_object_area_px : float, optional
+        Foreground objects smaller than this are removed, px^2. Default
+        ``max(20, 2 * min_segment_length_px * (smoothing_sigma_px + 1))``.
+    junction_merge_px : float, optional
+        Branch points joined by a skeleton path shorter than this form one
+        junction. Default: 2 x (median tube width + 1 px), at least 3 px.
+
+    Returns
+    -------
+    TubeResult
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2D, contains NaN/inf, or a parameter is out of range.
+    """
+    img = _check_image2d(image2d)
+    ps = _check_pixel_size(pixel_size_um)
+    for name, val in (
+        ("smoothing_sigma_px", smoothing_sigma_px),
+        ("min_segment_length_px", min_segment_length_px),
+        ("min_mesh_area_px", min_mesh_area_px),
+    ):
+        if not np.isfinite(val) or val < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+    if not (threshold == "auto" or isinstance(threshold, int | float)):
+        raise ValueError(f"threshold must be 'auto' or a number, got {threshold!r}")
+
+    if not bright_tubes:
+        img = img.max() - img
+    sm = ndimage.gaussian_filter(img, smoothing_sigma_px) if smoothing_sigma_px > 0 else img
+    if background_radius_px:
+        size = 2 * int(round(background_radius_px)) + 1
+        bg = ndimage.grey_opening(sm, size=(size, size), mode="reflect")
+        bg = ndimage.uniform_filter(bg, size, mode="reflect")
+        fg = sm - np.minimum(bg, sm)
+    else:
+        fg = sm - sm.min()
+
+    if threshold == "auto":
+        thr = _otsu_or_none(fg)
+        mask = np.zeros(img.shape, bool) if thr is None else fg > thr
+    else:
+        mask = fg > float(threshold)
+    log.debug("tubes: threshold %s -> %d foreground px", threshold, int(mask.sum()))
+
+    if min_object_area_px is None:
+        min_object_area_px = max(20.0, 2.0 * min_segment_length_px * (smoothing_sigma_px + 1.0))
+    mask = _remove_small(mask, min_object_area_px)
+    mask = _fill_small_holes(mask, min_mesh_area_px)
+    return _analyze_mask(
+        mask,
+        pixel_size_um=ps,
+        min_segment_length_px=float(min_segment_length_px),
+        min_mesh_area_px=float(min_mesh_area_px),
+        junction_merge_px=junction_merge_px,
+    )
+
+
+def _remove_small(mask: np.ndarray, min_area: float) -> np.ndarray:
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return mask
+    areas = np.bincount(lab.ravel())
+    keep = areas >= min_area
+    keep[0] = False
+    return keep[lab]
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    lab, n = ndimage.label(~mask)  # 4-connected background
+    if n == 0:
+        return mask
+    areas = np.bincount(lab.ravel())
+    small = areas < max_area
+    small[0] = False
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    small[border] = False
+    return mask | small[lab]
+
+
+def _prune_skeleton(skel: np.ndarray, min_len: float, max_iter: int = 5) -> np.ndarray:
+    """Iteratively remove spurs and short isolated pieces shorter than ``min_len`` px."""
+    import skan
+    from skimage.morphology import skeletonize
+
+    skel = skel.copy()
+    for _ in range(max_iter):
+        if skel.sum() < 2:
+            return skel
+        sk = skan.Skeleton(skel)
+        df = skan.summarize(sk, separator="_")
+        lengths = df["branch_distance"].to_numpy()
+        btype = df["branch_type"].to_numpy()
+        drop = np.flatnonzero(((btype == 1) | (btype == 0)) & (lengths < min_len))
+        if drop.size == 0:
+            break
+        deg = sk.degrees
+        for i in drop:  # loop over short spurs only
+            nodes = np.asarray(sk.path(i))
+            nodes = nodes[deg[nodes] < 3]  # keep the junction pixel
+            c = sk.coordinates[nodes].astype(int)
+            skel[c[:, 0], c[:, 1]] = False
+        skel = skeletonize(skel)
+    # remove isolated specks left behind
+    lab, n = ndimage.label(skel, structure=np.ones((3, 3)))
+    if n:
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= 2
+        keep[0] = False
+        skel = keep[lab]
+    return skel
+
+
+def _empty_result(mask: np.ndarray, ps: float | None) -> TubeResult:
+    empty = np.zeros((0, 2))
+    seg = pd.DataFrame(
+        {
+            "path_id": pd.Series(dtype=int),
+            "kind": pd.Series(dtype=str),
+            "junction_src": pd.Series(dtype=int),
+            "junction_dst": pd.Series(dtype=int),
+            "length_px": pd.Series(dtype=float),
+            "length": pd.Series(dtype=float),
+            "mean_width_px": pd.Series(dtype=float),
+            "master": pd.Series(dtype=bool),
+        }
+    )
+    metrics = _metrics_dict(
+        ps,
+        n_junctions=0,
+        n_nodes=0,
+        n_ext=0,
+        seg=seg,
+        n_master_j=0,
+        n_master_seg=0,
+        master_len_px=0.0,
+        mesh_areas_px=np.zeros(0),
+        mask=mask,
+        n_vessels=0,
+        width_px=np.nan,
+    )
+    return TubeResult(
+        mask=mask,
+        skeleton=np.zeros_like(mask, bool),
+        junctions=empty,
+        nodes=empty,
+        extremities=empty,
+        segments=seg,
+        meshes=np.zeros(mask.shape, np.int32),
+        metrics=metrics,
+        pixel_size_um=ps,
+    )
+
+
+def _analyze_mask(
+    mask: np.ndarray,
+    *,
+    pixel_size_um: float | None,
+    min_segment_length_px: float,
+    min_mesh_area_px: float,
+    junction_merge_px: float | None,
+) -> TubeResult:
+    """Graph analysis of a binary tube mask (see :func:`analyze_tubes`)."""
+    import skan
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from skimage.morphology import skeletonize
+
+    ps = pixel_size_um
+    mask = np.asarray(mask, bool)
+    skel = skeletonize(mask) if mask.any() else np.zeros_like(mask)
+    # spurs from corners of thick tubes are up to about one tube width long
+    dist = ndimage.distance_transform_edt(mask)
+    spur_px = min_segment_length_px
+    if skel.any():
+        spur_px = max(spur_px, 1.5 * (2.0 * float(np.median(dist[skel])) - 1.0))
+    skel = _prune_skeleton(skel, spur_px)
+    vessel_lab, n_vessels = ndimage.label(mask, structure=np.ones((3, 3)))
+    meshes, mesh_areas = _meshes(mask, min_mesh_area_px)
+    if skel.sum() < 2:
+        res = _empty_result(mask, ps)
+        m = dict(res.metrics)
+        m.update(_mesh_and_area_metrics(ps, mesh_areas, mask, n_vessels))
+        return TubeResult(**{**res.__dict__, "metrics": m, "meshes": meshes})
+
+    sk = skan.Skeleton(skel)
+    df = skan.summarize(sk, separator="_")
+    n_paths = len(df)
+    src = df["node_id_src"].to_numpy()
+    dst = df["node_id_dst"].to_numpy()
+    btype = df["branch_type"].to_numpy()
+    length_px = _path_lengths_smoothed(sk)
+    # width in pixels across = 2 x (distance to the background) - 1 on the centre line
+    width_px = np.maximum(2.0 * _path_means(sk, dist) - 1.0, 1.0)
+    median_width = float(np.median(width_px)) if n_paths else 0.0
+    merge_px = (
+        junction_merge_px
+        if junction_merge_px is not None
+        else max(3.0, 2.0 * (median_width + 1.0))
+    )
+
+    # graph node degrees (counting a self-loop twice)
+    n_graph = int(max(src.max(), dst.max())) + 1
+    deg = np.bincount(src, minlength=n_graph) + np.bincount(dst, minlength=n_graph)
+    is_branch_pt = deg >= 3
+    # cluster branch points joined by short paths into junctions
+    short = is_branch_pt[src] & is_branch_pt[dst] & (length_px < merge_px) & (src != dst)
+    g = coo_matrix(
+        (np.ones(int(short.sum())), (src[short], dst[short])), shape=(n_graph, n_graph)
+    )
+    _, comp = connected_components(g, directed=False)
+    # external degree of each cluster: path ends that are not internal links
+    ext = ~short
+    cdeg = np.bincount(comp[src[ext]], minlength=n_graph) + np.bincount(
+        comp[dst[ext]], minlength=n_graph
+    )
+    bp_nodes = np.flatnonzero(is_branch_pt)
+    junction_comp = np.unique(comp[bp_nodes])
+    junction_comp = junction_comp[cdeg[junction_comp] >= 3]
+    jid = np.full(n_graph, -1)
+    jid_of_comp = np.full(n_graph, -1)
+    jid_of_comp[junction_comp] = np.arange(len(junction_comp))
+    jid[bp_nodes] = jid_of_comp[comp[bp_nodes]]
+
+    coords = np.asarray(sk.coordinates, dtype=np.float64)
+    if len(junction_comp):
+        sel = bp_nodes[jid[bp_nodes] >= 0]
+        cnt = np.bincount(jid[sel], minlength=len(junction_comp))
+        junctions = np.stack(
+            [np.bincount(jid[sel], coords[sel, k], len(junction_comp)) / cnt for k in (0, 1)], 1
+        )
+    else:
+        junctions = np.zeros((0, 2))
+    nodes_xy = coords[bp_nodes]
+    ext_nodes = np.flatnonzero(deg == 1)
+    extremities = coords[ext_nodes]
+
+    js, jd = jid[src], jid[dst]
+    kind = np.where(
+        short,
+        "internal",
+        np.where(
+            (js >= 0) & (jd >= 0),
+            "segment",
+            np.where((js >= 0) | (jd >= 0), "branch", "isolated"),
+        ),
+    )
+    # a path between two branch points that did not form a junction (cluster with
+    # < 3 arms) counts as a segment if both ends are branch points, else by its ends
+    kind = np.where(
+        (kind == "isolated") & (is_branch_pt[src] | is_branch_pt[dst]),
+        np.where(is_branch_pt[src] & is_branch_pt[dst], "segment", "branch"),
+        kind,
+    )
+    master = _master_tree(js, jd, kind, len(junction_comp))
+    n_master_j, n_master_seg = _master_counts(js[master], jd[master], len(junction_comp))
+    seg = pd.DataFrame(
+        {
+            "path_id": np.arange(n_paths),
+            "kind": kind,
+            "junction_src": js,
+            "junction_dst": jd,
+            "length_px": length_px,
+            "length": length_px * (ps if ps else 1.0),
+            "mean_width_px": width_px,
+            "master": master,
+        }
+    )
+    _ = btype  # skan's own type is kept implicitly in `kind`
+    metrics = _metrics_dict(
+        ps,
+        n_junctions=len(junction_comp),
+        n_nodes=len(bp_nodes),
+        n_ext=len(ext_nodes),
+        seg=seg,
+        n_master_j=n_master_j,
+        n_master_seg=n_master_seg,
+        master_len_px=float(length_px[master].sum()),
+        mesh_areas_px=mesh_areas,
+        mask=mask,
+        n_vessels=n_vessels,
+        width_px=float(np.average(width_px, weights=length_px)) if length_px.sum() else np.nan,
+    )
+    _ = vessel_lab
+    return TubeResult(
+        mask=mask,
+        skeleton=skel,
+        junctions=junctions,
+        nodes=nodes_xy,
+        extremities=extremities,
+        segments=seg,
+        meshes=meshes,
+        metrics=metrics,
+        pixel_size_um=ps,
+    )
+
+
+def _master_tree(js: np.ndarray, jd: np.ndarray, kind: np.ndarray, n_j: int) -> np.ndarray:
+    """Boolean mask of paths in the master tree.
+
+    Angiogenesis Analyzer's master tree: repeatedly delete branches (paths with
+    a free end) until none is left; what remains are loops of segments joined at
+    junctions. Internal links and isolated elements never belong to it.
+    """
+    alive = kind == "segment"
+    for _ in range(10_000):
+        if not alive.any():
+            break
+        d = np.bincount(js[alive], minlength=n_j) + np.bincount(jd[alive], minlength=n_j)
+        dead_end = alive & ((d[js] == 1) | (d[jd] == 1))
+        if not dead_end.any():
+            break
+        alive &= ~dead_end
+    return alive
+
+
+def _master_counts(js: np.ndarray, jd: np.ndarray, n_j: int) -> tuple[int, int]:
+    """(master junctions, master segments) of the master tree.
+
+    Master junctions are junctions with >= 3 master paths; master segments are
+    the chains of master paths between master junctions (junctions left with
+    two master paths are passed through), plus one per closed loop that has no
+    master junction.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(js) == 0:
+        return 0, 0
+    d = np.bincount(js, minlength=n_j) + np.bincount(jd, minlength=n_j)
+    mj = d >= 3
+    n_seg_ends = int(d[mj].sum())
+    g = coo_matrix((np.ones(len(js)), (js, jd)), shape=(n_j, n_j))
+    _, comp = connected_components(g, directed=False)
+    used = d > 0
+    comps_with_mj = np.unique(comp[mj])
+    comps_used = np.unique(comp[used])
+    pure_loops = len(np.setdiff1d(comps_used, comps_with_mj))
+    return int(mj.sum()), n_seg_ends // 2 + pure_loops
+
+
+def _meshes(mask: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray]:
+    """Label enclosed background regions (not touching the border, area >= min_area)."""
+    lab, n = ndimage.label(~mask)
+    if n == 0:
+        return np.zeros(mask.shape, np.int32), np.zeros(0)
+    areas = np.bincount(lab.ravel()).astype(float)
+    ok = areas >= min_area
+    ok[0] = False
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    ok[border] = False
+    new = np.zeros(n + 1, np.int32)
+    new[ok] = np.arange(1, int(ok.sum()) + 1)
+    return new[lab], areas[ok]
+
+
+def _mesh_and_area_metrics(ps, mesh_areas_px, mask, n_vessels) -> dict:
+    a = (ps * ps) if ps else 1.0
+    n_mesh = len(mesh_areas_px)
+    return {
+        "tube_meshes": int(n_mesh),
+        "tube_mesh_total_area_um2": float(mesh_areas_px.sum() * a),
+        "tube_mesh_mean_area_um2": float(mesh_areas_px.mean() * a) if n_mesh else np.nan,
+        "tube_vessel_area_fraction": float(mask.mean()),
+        "tube_vessel_area_percent": float(100.0 * mask.mean()),
+        "tube_vessel_count": int(n_vessels),
+    }
+
+
+def _metrics_dict(
+    ps,
+    *,
+    n_junctions,
+    n_nodes,
+    n_ext,
+    seg,
+    n_master_j,
+    n_master_seg,
+    master_len_px,
+    mesh_areas_px,
+    mask,
+    n_vessels,
+    width_px,
+) -> dict:
+    f = ps if ps else 1.0
+    kinds = seg["kind"].to_numpy()
+    lens = seg["length_px"].to_numpy()
+
+    def total(*ks):
+        return float(lens[np.isin(kinds, ks)].sum() * f)
+
+    n_branches = int((kinds == "branch").sum())
+    seg_len = total("segment", "internal")
+    br_len = total("branch")
+    iso_len = total("isolated")
+    m = {
+        "tube_length_unit": "um" if ps else "px",
+        "tube_total_length_um": seg_len + br_len + iso_len,
+        "tube_junctions": int(n_junctions),
+        "tube_nodes": int(n_nodes),
+        "tube_extremities": int(n_ext),
+        "tube_segments": int((kinds == "segment").sum()),
+        "tube_branches": n_branches,
+        "tube_isolated_segments": int((kinds == "isolated").sum()),
+        "tube_master_junctions": int(n_master_j),
+        "tube_master_segments": int(n_master_seg),
+        "tube_master_segment_length_um": float(master_len_px * f),
+        "tube_total_branching_length_um": seg_len + br_len,
+        "tube_total_segment_length_um": seg_len,
+        "tube_total_branch_length_um": br_len,
+        "tube_total_isolated_length_um": iso_len,
+        "tube_branching_interval_um": (
+            float(master_len_px * f / n_branches) if n_branches and master_len_px else np.nan
+        ),
+        "tube_mean_width_um": float(width_px * f) if np.isfinite(width_px) else np.nan,
+    }
+    m.update(_mesh_and_area_metrics(ps, mesh_areas_px, mask, n_vessels))
+    return m
+
+
+def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
+    """QC picture of a tube analysis.
+
+    Meshes are tinted with random colours, the skeleton is drawn by path kind
+    (segments yellow, branches cyan, isolated elements magenta), junctions as
+    red disks and extremities as blue disks.
+
+    Parameters
+    ----------
+    image : (Y, X) ndarray
+        The analysed image (any numeric dtype).
+    result : TubeResult
+        Output of :func:`analyze_tubes` for that image.
+
+    Returns
+    -------
+    (Y, X, 3) uint8 ndarray
+        RGB picture.
+    """
+    img = np.asarray(image)
+    if img.ndim != 2 or img.shape != result.mask.shape:
+        raise ValueError(
+            f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
+        )
+    rgb = _to_rgb_uint8(np.nan_to_num(img.astype(np.float64)))
+    if result.meshes.max() > 0:
+        cols = _label_colours(int(result.meshes.max()))
+        inm = result.meshes > 0
+        rgb[inm] = (0.55 * rgb[inm] + 0.45 * cols[result.meshes[inm]]).astype(np.uint8)
+    if result.skeleton.any():
+        import skan
+
+        sk = skan.Skeleton(result.skeleton)
+        plab = np.asarray(sk.path_label_image())  # 1-based path ids, 0 = none
+        kinds = result.segments["kind"].to_numpy()
+        if len(kinds) == sk.n_paths:
+            table = np.zeros((len(kinds) + 1, 3), np.uint8)
+            for k, c in OVERLAY_COLOURS.items():
+                table[1:][kinds == k] = c
+            on = plab > 0
+            rgb[on] = table[plab[on]]
+        else:  # defensive: skeleton was edited after analysis
+            rgb[result.skeleton] = OVERLAY_COLOURS["segment"]
+    _paint_points(rgb, result.extremities, OVERLAY_COLOURS["extremity"], radius=2)
+    _paint_points(rgb, result.junctions, OVERLAY_COLOURS["junction"], radius=3)
+    return rgb
+
+
+# ---------------------------------------------------------------------------
+# helpers shared with collagen.py
+# ---------------------------------------------------------------------------
+
+
+def _check_image2d(image: np.ndarray, name: str = "image2d") -> np.ndarray:
+    """Validate a 2D numeric image and return it as float64.
+
+    Raises
+    ------
+    ValueError
+        If the array is not 2D (after squeezing nothing), not numeric, empty, or
+        contains NaN/inf.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2D (Y, X) array, got shape {arr.shape} ({arr.ndim}D); "
+            "pass a single plane or a projection"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if arr.dtype == bool:
+        arr = arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} NaN/inf pixel(s); fill or crop them before analysis"
+        )
+    return arr
+
+
+def _check_pixel_size(pixel_size_um: float | None) -> float | None:
+    """Validate an optional pixel size (micrometres)."""
+    if pixel_size_um is None:
+        return None
+    ps = float(pixel_size_um)
+    if not np.isfinite(ps) or ps <= 0:
+        raise ValueError(f"pixel_size_um must be a positive number or None, got {pixel_size_um!r}")
+    return ps
+
+
+def _otsu_or_none(values: np.ndarray) -> float | None:
+    """Otsu threshold of ``values``; None when they are (nearly) constant."""
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0 or np.ptp(v) <= 1e-12 * max(1.0, float(np.abs(v).max())):
+        return None
+    return float(threshold_otsu(v))
+
+
+def _path_lengths_smoothed(skel_obj, sigma: float = 1.0) -> np.ndarray:
+    """Length of every skan path, measured on Gaussian-smoothed path coordinates.
+
+    Summing 8-connected steps over-estimates the length of oblique lines by up
+    to 8 % (22.5 deg); smoothing the coordinates along the path (end points
+    kept fixed) removes most of that staircase bias.
+
+    Parameters
+    ----------
+    skel_obj : skan.Skeleton
+    sigma : float
+        Smoothing sigma along the path, in path samples (pixels).
+
+    Returns
+    -------
+    (n_paths,) float ndarray
+        Lengths in pixels.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    n = skel_obj.n_paths
+    out = np.zeros(n)
+    for i in range(n):  # loop over skeleton paths (not cells/spots); each is a tiny array op
+        c = np.asarray(skel_obj.path_coordinates(i), dtype=np.float64)
+        if len(c) < 2:
+            continue
+        if len(c) >= 5 and sigma > 0:
+            closed = np.array_equal(c[0], c[-1])
+            s = min(sigma, len(c) / 4)
+            cs = gaussian_filter1d(c, s, axis=0, mode="wrap" if closed else "nearest")
+            if not closed:
+                cs[0], cs[-1] = c[0], c[-1]
+            c = cs
+        out[i] = np.linalg.norm(np.diff(c, axis=0), axis=1).sum()
+    return out
+
+
+def _path_means(skel_obj, values: np.ndarray) -> np.ndarray:
+    """Mean of a (Y, X) ``values`` image over the pixels of every skan path."""
+    n = skel_obj.n_paths
+    idx = [np.asarray(skel_obj.path_coordinates(i), dtype=int) for i in range(n)]
+    if n == 0:
+        return np.zeros(0)
+    counts = np.array([len(c) for c in idx])
+    allc = np.concatenate(idx)
+    sums = np.bincount(np.repeat(np.arange(n), counts), values[allc[:, 0], allc[:, 1]], n)
+    return sums / np.maximum(counts, 1)
+
+
+def _to_rgb_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.8) -> np.ndarray:
+    """Percentile-stretch a 2D image to a grey (Y, X, 3) uint8 RGB array."""
+    img = np.asarray(image, dtype=np.float64)
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        g = np.zeros(img.shape, np.uint8)
+    else:
+        lo, hi = np.percentile(finite, [low_pct, high_pct])
+        if hi <= lo:
+            hi = lo + 1.0
+        g = (np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def _paint_points(
+    rgb: np.ndarray, points: np.ndarray, color: tuple[int, int, int], radius: int = 3
+) -> None:
+    """Draw filled disks at (y, x) ``points`` into ``rgb`` in place (vectorised)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return
+    m = np.zeros(rgb.shape[:2], bool)
+    iy = np.clip(np.round(pts[:, 0]).astype(int), 0, m.shape[0] - 1)
+    ix = np.clip(np.round(pts[:, 1]).astype(int), 0, m.shape[1] - 1)
+    m[iy, ix] = True
+    if radius > 0:
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        m = ndimage.binary_dilation(m, structure=(yy**2 + xx**2) <= radius**2)
+    rgb[m] = color
+
+
+def _label_colours(n: int, seed: int = 7) -> np.ndarray:
+    """(n + 1, 3) uint8 random bright colours; row 0 is black."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(60, 256, (n + 1, 3)).astype(np.uint8)
+    c[0] = 0
+    return c
