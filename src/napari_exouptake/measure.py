@@ -1,0 +1,645 @@
+"""Per-cell measurement, spot-to-cell assignment, thresholds and positivity calls.
+
+Everything here is vectorised over cells and spots (``np.bincount`` on the flattened label
+image), for 2D ``(Y, X)`` and 3D ``(Z, Y, X)`` label images alike.
+
+Column definitions (see ``docs/quantification.md``):
+
+``cell_id``, ``area_px`` (pixels; voxels in 3D), ``area_um2`` (2D, pixel size known),
+``volume_um3`` (3D, pixel size and z step known), ``centroid_y``, ``centroid_x`` (``centroid_z``),
+``exo_spot_count`` (detected puncta whose rounded position lies in the cell),
+``exo_spot_estimate`` (sum of their cluster-aware ``n_estimate``),
+``exo_integrated_intensity`` (sum of the puncta's background-corrected ``intensity``),
+``exo_mean_intensity`` (mean raw exosome-channel value over the cell),
+``exo_excess_intensity`` (sum over the cell of exosome channel minus ``exo_background``: uptake
+including dim, undetected material), ``exo_area_fraction`` (fraction of the cell's pixels within
+``spot_radius_px`` of a punctum) and, with nuclei, ``exo_nuc_dist_px`` / ``exo_nuc_dist_um``
+(mean distance of the cell's puncta to its nuclear centroid) and ``exo_perinuclear_index``
+(that distance over the mean distance of all the cell's pixels: < 1 = perinuclear enrichment).
+Per marker ``<name>_mean_intensity``, ``<name>_integrated_intensity`` (raw sum) and, with
+nuclei, ``<name>_nuclear_mean``, ``<name>_cytoplasmic_mean``, ``<name>_nc_ratio``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "apply_positivity",
+    "assign_spots",
+    "auto_threshold",
+    "measure_cells",
+    "summarize_image",
+]
+
+logger = logging.getLogger(__name__)
+
+_EXO = "exosome"
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def _check_labels(labels: Any, name: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D (Y, X) or 3D (Z, Y, X) label image, got {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(
+            arr == np.round(arr)
+        ):
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(f"{name} must be an integer label image, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} has negative labels (min {arr.min()}); 0 is background")
+    return arr
+
+
+def _check_channel(arr: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == len(shape) + 1 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == len(shape) - 1 and len(shape) == 3 and shape[0] == 1:
+        a = a[None]
+    if a.shape != shape:
+        raise ValueError(
+            f"channel {name!r} has shape {a.shape} but the labels have shape {shape}"
+        )
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise ValueError(f"channel {name!r} must be real numbers, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"channel {name!r} contains NaN or infinite pixels")
+    return a
+
+
+def _channels_dict(channels: Any, resolved: Any) -> dict[str, np.ndarray]:
+    """Turn a mapping, or an ``ImageData`` plus ``ResolvedChannels``, into name -> array."""
+    if isinstance(channels, Mapping):
+        return dict(channels)
+    if hasattr(channels, "data") and hasattr(channels, "channel_names"):
+        if resolved is None:
+            raise ValueError(
+                "measure_cells got an ImageData: pass resolved=cfg.channels.resolve(...)"
+            )
+        data = np.asarray(channels.data)
+        if data.ndim != 4:
+            raise ValueError(f"ImageData.data must be (C, Z, Y, X), got shape {data.shape}")
+        out: dict[str, np.ndarray] = {}
+        if resolved.exosome is not None:
+            out[_EXO] = data[resolved.exosome]
+        for name, idx in resolved.markers.items():
+            out[name] = data[idx]
+        return out
+    raise ValueError(
+        "channels must be a dict name -> (Z, Y, X) array or an ImageData, got "
+        f"{type(channels).__name__}"
+    )
+
+
+def _squeeze_like(arr: np.ndarray, ndim: int) -> np.ndarray:
+    if arr.ndim == 3 and ndim == 2 and arr.shape[0] == 1:
+        return arr[0]
+    return arr
+
+
+def _ids_and_index(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Compact label index of every pixel (0 = background, 1..N), original ids ``(N,)``, N and
+    the pixel count of each compact label ``(N + 1,)`` (one pass over the image when the labels
+    are not sparse)."""
+    flat = cells.ravel()
+    mx = int(flat.max()) if flat.size else 0
+    if mx <= 4 * flat.size + 1024:
+        flat = flat.astype(np.intp, copy=False)
+        counts = np.bincount(flat, minlength=mx + 1)
+        present = counts > 0
+        present[0] = False
+        ids = np.flatnonzero(present)
+        if ids.size == mx:  # already 1..N
+            return flat, ids, ids.size, counts
+        lut = np.zeros(mx + 1, dtype=np.intp)
+        lut[ids] = np.arange(1, ids.size + 1)
+        area = np.concatenate([[counts[0]], counts[ids]])
+        return lut[flat], ids, ids.size, area
+    ids, inv = np.unique(flat, return_inverse=True)
+    inv = inv.astype(np.intp)
+    if ids[0] != 0:
+        inv += 1
+        ids = np.concatenate([[0], ids])
+    return inv, ids[1:], ids.size - 1, np.bincount(inv, minlength=ids.size)
+
+
+# --------------------------------------------------------------------------------------------
+# spots -> cells
+# --------------------------------------------------------------------------------------------
+def _spot_pixels(spots: pd.DataFrame, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded integer positions ``(N, ndim)`` and an in-image mask ``(N,)``."""
+    ndim = len(shape)
+    cols = ["z", "y", "x"] if ndim == 3 else ["y", "x"]
+    missing = [c for c in cols if c not in spots.columns]
+    if missing:
+        raise ValueError(
+            f"spots table lacks column(s) {missing} needed for {ndim}D labels "
+            f"(has {list(spots.columns)})"
+        )
+    pos = spots[cols].to_numpy(dtype=float)
+    if not np.isfinite(pos).all():
+        raise ValueError("spots table has NaN or infinite coordinates")
+    ip = np.floor(pos + 0.5).astype(np.intp)
+    inside = np.all((ip >= 0) & (ip < np.asarray(shape)), axis=1)
+    return ip, inside
+
+
+def assign_spots(spots: pd.DataFrame, cells: np.ndarray) -> pd.DataFrame:
+    """Give every punctum the label of the cell under its rounded position.
+
+    Parameters
+    ----------
+    spots : pandas.DataFrame
+        Columns ``y``, ``x`` (and ``z`` for 3D labels), pixel coordinates.
+    cells : (Y, X) or (Z, Y, X) int ndarray
+        Cell labels, 0 = background.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``spots`` with an int64 ``cell_id`` column (0 = outside every cell or outside
+        the image).
+    """
+    lab = _check_labels(cells, "cells")
+    if not isinstance(spots, pd.DataFrame):
+        raise ValueError(f"spots must be a pandas DataFrame, got {type(spots).__name__}")
+    out = spots.copy()
+    if len(out) == 0:
+        out["cell_id"] = pd.Series(dtype=np.int64)
+        return out
+    ip, inside = _spot_pixels(out, lab.shape)
+    cid = np.zeros(len(out), dtype=np.int64)
+    if inside.any():
+        cid[inside] = lab[tuple(ip[inside].T)]
+    out["cell_id"] = cid
+    return out
+
+
+def _disc_offsets(radius: float, ndim: int) -> np.ndarray:
+    r = max(float(radius), 0.5)
+    n = int(np.floor(r))
+    grids = np.meshgrid(*[np.arange(-n, n + 1)] * ndim, indexing="ij")
+    off = np.stack([g.ravel() for g in grids], axis=1)
+    return off[(off**2).sum(axis=1) <= r * r + 1e-9]
+
+
+# --------------------------------------------------------------------------------------------
+# per-cell measurement
+# --------------------------------------------------------------------------------------------
+def measure_cells(
+    cells: np.ndarray,
+    channels: Mapping[str, np.ndarray] | Any,
+    spots: pd.DataFrame | None = None,
+    *,
+    nuclei: np.ndarray | None = None,
+    pixel_size_um: float | None = None,
+    z_step_um: float | None = None,
+    marker_names: Sequence[str] | None = None,
+    exo_background: float | None = None,
+    spot_radius_px: float = 1.8,
+    resolved: Any = None,
+    exosome_key: str = _EXO,
+) -> pd.DataFrame:
+    """Measure uptake and marker readouts for every cell, vectorised over cells.
+
+    Parameters
+    ----------
+    cells : (Y, X) or (Z, Y, X) int ndarray
+        Cell labels, 0 = background. Labels need not be consecutive.
+    channels : dict of str to ndarray, or ImageData
+        ``{"exosome": exo, "<marker>": img, ...}``, each the shape of ``cells`` (a leading
+        Z of 1 is dropped for 2D labels). Or an ``ImageData`` with ``resolved`` (the
+        ``ResolvedChannels`` of the config), from which the exosome and marker channels are taken.
+    spots : pandas.DataFrame, optional
+        Detected puncta (:func:`napari_exouptake.spots.detect_spots`); assigned to cells here
+        when they lack ``cell_id``. None: no puncta (counts 0).
+    nuclei : int ndarray, optional
+        Nucleus labels (or a nucleus mask), the shape of ``cells``; a cell's nuclear region is
+        where it overlaps ``nuclei > 0``. Enables nuclear/cytoplasmic and perinuclear columns.
+    pixel_size_um : float, optional
+        Lateral pixel size (adds ``area_um2`` / ``exo_nuc_dist_um``).
+    z_step_um : float, optional
+        Z step of 3D stacks (adds ``volume_um3``).
+    marker_names : sequence of str, optional
+        Marker channels to measure; default every key of ``channels`` except the exosome key.
+    exo_background : float, optional
+        Exosome-channel background per pixel for ``exo_excess_intensity``; default the median
+        of the pixels outside every cell (0 when there are none).
+    spot_radius_px : float, default 1.8
+        Disc radius around each punctum for ``exo_area_fraction``.
+    resolved : ResolvedChannels, optional
+        Needed when ``channels`` is an ``ImageData``.
+    exosome_key : str, default "exosome"
+        Key of the exosome channel in ``channels``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell (cells without puncta included), sorted by ``cell_id``; columns as in
+        the module docstring. No cells: an empty table with those columns.
+
+    Raises
+    ------
+    ValueError
+        Exosome channel missing, a channel or ``nuclei`` of another shape than ``cells``,
+        non-integer labels, NaN pixels, an unknown marker name.
+    """
+    lab = _check_labels(cells, "cells")
+    ndim = lab.ndim
+    chans = _channels_dict(channels, resolved)
+    if exosome_key not in chans:
+        raise ValueError(
+            f"exosome channel {exosome_key!r} missing: channels given are {sorted(chans)}"
+        )
+    exo = _check_channel(_squeeze_like(np.asarray(chans[exosome_key]), ndim), lab.shape,
+                         exosome_key)
+    if marker_names is None:
+        marker_names = [k for k in chans if k != exosome_key]
+    markers: dict[str, np.ndarray] = {}
+    for name in marker_names:
+        if name not in chans:
+            raise ValueError(f"marker {name!r} not among the channels {sorted(chans)}")
+        markers[name] = _check_channel(_squeeze_like(np.asarray(chans[name]), ndim), lab.shape,
+                                       name)
+    nuc_mask = None
+    if nuclei is not None:
+        nuc = _check_labels(nuclei, "nuclei")
+        nuc = _squeeze_like(nuc, ndim)
+        if nuc.shape != lab.shape:
+            raise ValueError(f"nuclei shape {nuc.shape} differs from cells shape {lab.shape}")
+        nuc_mask = nuc.ravel() > 0
+    if pixel_size_um is not None and not (pixel_size_um > 0):
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if spots is not None and not isinstance(spots, pd.DataFrame):
+        raise ValueError(f"spots must be a pandas DataFrame, got {type(spots).__name__}")
+
+    flat, ids, n, counts = _ids_and_index(lab)
+    axes = ("z", "y", "x") if ndim == 3 else ("y", "x")
+    cols = _empty_columns(ndim, marker_names, pixel_size_um, z_step_um, nuclei is not None)
+    if n == 0:
+        logger.info("no cells in the label image")
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+    m1 = n + 1
+
+    area = counts.astype(np.float64)
+    out: dict[str, np.ndarray] = {"cell_id": ids.astype(np.int64), "area_px": area[1:]}
+    if pixel_size_um is not None and ndim == 2:
+        out["area_um2"] = area[1:] * pixel_size_um**2
+    if pixel_size_um is not None and ndim == 3 and z_step_um is not None:
+        out["volume_um3"] = area[1:] * pixel_size_um**2 * z_step_um
+
+    # centroids: per-axis coordinate sums via bincount on a broadcast coordinate (no loop
+    # over cells; a loop over the 2-3 axes)
+    cent = np.empty((ndim, n))
+    for a in range(ndim):
+        shape_a = [1] * ndim
+        shape_a[a] = lab.shape[a]
+        coord = np.broadcast_to(
+            np.arange(lab.shape[a], dtype=np.float64).reshape(shape_a), lab.shape
+        ).ravel()
+        cent[a] = np.bincount(flat, weights=coord, minlength=m1)[1:] / area[1:]
+    for a, name in enumerate(axes):
+        out[f"centroid_{name}"] = cent[a]
+
+    # ---- exosome channel
+    exo_f = exo.ravel()
+    exo_sum = np.bincount(flat, weights=exo_f, minlength=m1)
+    out["exo_mean_intensity"] = exo_sum[1:] / area[1:]
+    if exo_background is None:
+        # median of the pixels outside every cell (a regular subsample of at most ~10^6)
+        step = max(1, flat.size // 1_000_000)
+        sub_lab = flat[::step]
+        sub = exo_f[::step][sub_lab == 0]
+        exo_background = float(np.median(sub)) if sub.size else 0.0
+    out["exo_excess_intensity"] = exo_sum[1:] - float(exo_background) * area[1:]
+
+    if spots is None or len(spots) == 0:
+        zero = np.zeros(n)
+        out["exo_spot_count"] = zero.astype(np.int64)
+        out["exo_spot_estimate"] = zero.copy()
+        out["exo_integrated_intensity"] = zero.copy()
+        out["exo_area_fraction"] = zero.copy()
+        sp_pos = np.empty((0, ndim), dtype=np.intp)
+        sp_cell = np.empty(0, dtype=np.intp)
+    else:
+        ip, inside = _spot_pixels(spots, lab.shape)
+        sp_cell = np.zeros(len(spots), dtype=np.intp)
+        sp_cell[inside] = flat[np.ravel_multi_index(tuple(ip[inside].T), lab.shape)]
+        sp_pos = spots[list(axes)].to_numpy(dtype=float)
+        out["exo_spot_count"] = np.bincount(sp_cell, minlength=m1)[1:].astype(np.int64)
+        est = spots["n_estimate"].to_numpy(float) if "n_estimate" in spots else np.ones(len(spots))
+        out["exo_spot_estimate"] = np.bincount(sp_cell, weights=est, minlength=m1)[1:]
+        inten = spots["intensity"].to_numpy(float) if "intensity" in spots else np.zeros(len(spots))
+        out["exo_integrated_intensity"] = np.bincount(sp_cell, weights=inten, minlength=m1)[1:]
+        # area fraction: pixels within spot_radius_px of any punctum
+        off = _disc_offsets(spot_radius_px, ndim)
+        pix = ip[inside][:, None, :] + off[None]
+        ok = np.all((pix >= 0) & (pix < np.asarray(lab.shape)), axis=2)
+        covered = np.unique(np.ravel_multi_index(tuple(pix[ok].T), lab.shape))
+        cov = np.bincount(flat[covered], minlength=m1).astype(np.float64)
+        out["exo_area_fraction"] = cov[1:] / area[1:]
+
+    # ---- nuclei: perinuclear distance and nuclear / cytoplasmic compartments
+    if nuc_mask is not None:
+        nflat = flat[nuc_mask]
+        n_area = np.bincount(nflat, minlength=m1).astype(np.float64)
+        has_nuc = n_area[1:] > 0
+        ncent = np.full((ndim, m1), np.nan)
+        coords_nuc = np.unravel_index(np.flatnonzero(nuc_mask), lab.shape)
+        for a in range(ndim):
+            s = np.bincount(nflat, weights=coords_nuc[a].astype(np.float64), minlength=m1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ncent[a] = s / n_area
+        del coords_nuc
+        # mean distance of every cell pixel to its nuclear centroid (normaliser)
+        cell_px = np.flatnonzero(flat > 0)
+        cp_lab = flat[cell_px]
+        cc = np.unravel_index(cell_px, lab.shape)
+        d2 = np.zeros(cell_px.size)
+        for a in range(ndim):
+            d2 += (cc[a] - ncent[a][cp_lab]) ** 2
+        del cc
+        ok_px = np.isfinite(d2)
+        mean_pix_d = np.bincount(cp_lab[ok_px], weights=np.sqrt(d2[ok_px]), minlength=m1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_pix_d = mean_pix_d / area
+        del d2, cp_lab, cell_px
+        in_cell = sp_cell > 0
+        sc = sp_cell[in_cell]
+        sd2 = np.zeros(sc.size)
+        for a in range(ndim):
+            sd2 += (sp_pos[in_cell, a] - ncent[a][sc]) ** 2
+        sd = np.sqrt(sd2)
+        okd = np.isfinite(sd)
+        cnt = np.bincount(sc[okd], minlength=m1).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_sd = np.bincount(sc[okd], weights=sd[okd], minlength=m1) / cnt
+            mean_sd[cnt == 0] = np.nan
+            out["exo_nuc_dist_px"] = mean_sd[1:]
+            if pixel_size_um is not None:
+                out["exo_nuc_dist_um"] = mean_sd[1:] * pixel_size_um
+            out["exo_perinuclear_index"] = mean_sd[1:] / mean_pix_d[1:]
+        if not has_nuc.all():
+            logger.info("%d cell(s) without a nucleus: NaN nuclear columns", int((~has_nuc).sum()))
+        cyto_area = area - n_area
+
+    for name, img in markers.items():
+        f = img.ravel()
+        s = np.bincount(flat, weights=f, minlength=m1)
+        out[f"{name}_mean_intensity"] = s[1:] / area[1:]
+        out[f"{name}_integrated_intensity"] = s[1:]
+        if nuc_mask is not None:
+            ns = np.bincount(nflat, weights=f[nuc_mask], minlength=m1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                nm = np.where(n_area > 0, ns / n_area, np.nan)
+                cm = np.where(cyto_area > 0, (s - ns) / cyto_area, np.nan)
+                out[f"{name}_nuclear_mean"] = nm[1:]
+                out[f"{name}_cytoplasmic_mean"] = cm[1:]
+                out[f"{name}_nc_ratio"] = np.where(cm[1:] > 0, nm[1:] / cm[1:], np.nan)
+
+    df = pd.DataFrame(out)
+    return df[[c for c in cols if c in df.columns]]
+
+
+def _empty_columns(
+    ndim: int,
+    marker_names: Sequence[str],
+    pixel_size_um: float | None,
+    z_step_um: float | None,
+    with_nuclei: bool,
+) -> list[str]:
+    cols = ["cell_id", "area_px"]
+    if pixel_size_um is not None and ndim == 2:
+        cols.append("area_um2")
+    if pixel_size_um is not None and ndim == 3 and z_step_um is not None:
+        cols.append("volume_um3")
+    if ndim == 3:
+        cols.append("centroid_z")
+    cols += ["centroid_y", "centroid_x", "exo_spot_count", "exo_spot_estimate",
+             "exo_integrated_intensity", "exo_mean_intensity", "exo_excess_intensity",
+             "exo_area_fraction"]
+    if with_nuclei:
+        cols.append("exo_nuc_dist_px")
+        if pixel_size_um is not None:
+            cols.append("exo_nuc_dist_um")
+        cols.append("exo_perinuclear_index")
+    for name in marker_names:
+        cols += [f"{name}_mean_intensity", f"{name}_integrated_intensity"]
+        if with_nuclei:
+            cols += [f"{name}_nuclear_mean", f"{name}_cytoplasmic_mean", f"{name}_nc_ratio"]
+    return cols
+
+
+# --------------------------------------------------------------------------------------------
+# thresholds and positivity
+# --------------------------------------------------------------------------------------------
+def auto_threshold(values: np.ndarray, *, log: bool = True, nbins: int = 256) -> float:
+    """Two-population threshold: Otsu's method on log values.
+
+    Marker intensities of negative and positive cells are roughly log-normal, so the split is
+    found on ``log(value - min + small)``. Returns ``+inf`` (nobody positive) when fewer than
+    two distinct finite values exist.
+
+    Parameters
+    ----------
+    values : (N,) array
+        Per-cell metric.
+    log : bool, default True
+        Work on log values (False: linear Otsu).
+    nbins : int, default 256
+        Histogram bins.
+
+    Returns
+    -------
+    float
+        Threshold in the units of ``values``; positive means ``value >= threshold``.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 2 or v.min() == v.max():
+        return float("inf")
+    if log:
+        lo = v.min()
+        eps = max((np.median(v) - lo) * 1e-3, 1e-12)
+        t = np.log(v - lo + eps)
+    else:
+        lo, eps = 0.0, 0.0
+        t = v
+    hist, edges = np.histogram(t, bins=nbins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    k = int(np.argmax(between[:-1]))
+    thr_t = edges[k + 1]
+    return float(np.exp(thr_t) + lo - eps) if log else float(thr_t)
+
+
+def _rule_attr(rule: Any, key: str, default: Any = None) -> Any:
+    if rule is None:
+        return default
+    if isinstance(rule, Mapping):
+        return rule.get(key, default)
+    return getattr(rule, key, default)
+
+
+def _metric_column(df: pd.DataFrame, prefix: str, metric: str) -> str:
+    for cand in (metric, f"{prefix}_{metric}"):
+        if cand in df.columns:
+            return cand
+    raise ValueError(
+        f"positivity metric {metric!r} for {prefix!r}: neither {metric!r} nor "
+        f"{prefix + '_' + metric!r} is a column of the cells table"
+    )
+
+
+def _threshold_for(
+    rule: Any, values: np.ndarray, control_values: np.ndarray | None, what: str
+) -> tuple[float, bool]:
+    """Threshold and whether the comparison is strict (``>``) or not (``>=``)."""
+    method = _rule_attr(rule, "method", "auto")
+    if method == "fixed":
+        value = _rule_attr(rule, "value")
+        if value is None:
+            raise ValueError(f"positivity for {what}: method 'fixed' needs a value")
+        return float(value), False
+    if method == "auto":
+        return auto_threshold(values), False
+    if method == "control":
+        if control_values is None:
+            raise ValueError(
+                f"positivity for {what}: method 'control' needs control cells "
+                "(set positivity.control_condition and pass control_cells)"
+            )
+        cv = control_values[np.isfinite(control_values)]
+        if cv.size == 0:
+            raise ValueError(f"positivity for {what}: the control cells have no finite values")
+        pct = float(_rule_attr(rule, "percentile", 99.0))
+        return float(np.percentile(cv, pct)), True
+    raise ValueError(f"positivity for {what}: unknown method {method!r} (fixed, auto, control)")
+
+
+def apply_positivity(
+    cells_df: pd.DataFrame,
+    positivity_cfg: Any = None,
+    marker_names: Sequence[str] | None = None,
+    control_cells: pd.DataFrame | None = None,
+    *,
+    marker_rules: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Call every cell positive or negative for uptake and for each marker.
+
+    Parameters
+    ----------
+    cells_df : pandas.DataFrame
+        Output of :func:`measure_cells`.
+    positivity_cfg : PositivityConfig, optional
+        ``.exosome`` and ``.markers`` rules (``PositivityRule``: ``method``, ``value``,
+        ``metric``, ``percentile``). None: uptake = at least one punctum, markers = auto.
+    marker_names : sequence of str, optional
+        Default: every ``<name>`` with a ``<name>_mean_intensity`` column (exosome excluded).
+    control_cells : pandas.DataFrame, optional
+        Cells of the control condition (e.g. dye-only) for ``control`` rules.
+    marker_rules : dict of str to PositivityRule, optional
+        Per-marker rules overriding ``positivity_cfg.markers`` (``MarkerConfig.positivity``).
+
+    Returns
+    -------
+    (pandas.DataFrame, dict of str to float)
+        A copy with bool ``exo_positive`` and ``<name>_positive`` columns, and the threshold
+        used for each (keys ``"exo"`` and the marker names). ``fixed`` and ``auto``:
+        ``metric >= threshold``; ``control``: ``metric > percentile of control cells``.
+    """
+    if not isinstance(cells_df, pd.DataFrame):
+        raise ValueError(f"cells_df must be a pandas DataFrame, got {type(cells_df).__name__}")
+    exo_rule = _rule_attr(positivity_cfg, "exosome") or {
+        "method": "fixed", "value": 1, "metric": "exo_spot_count"
+    }
+    default_marker_rule = _rule_attr(positivity_cfg, "markers") or {
+        "method": "auto", "metric": "mean_intensity"
+    }
+    if marker_names is None:
+        marker_names = [
+            c[: -len("_mean_intensity")] for c in cells_df.columns
+            if c.endswith("_mean_intensity") and not c.startswith("exo_")
+        ]
+    out = cells_df.copy()
+    thresholds: dict[str, float] = {}
+    jobs = [("exo", exo_rule)] + [
+        (m, (marker_rules or {}).get(m) or default_marker_rule) for m in marker_names
+    ]
+    for prefix, rule in jobs:
+        metric = _rule_attr(rule, "metric", "mean_intensity")
+        col = _metric_column(out, prefix, metric)
+        vals = out[col].to_numpy(dtype=float)
+        cvals = None
+        if control_cells is not None:
+            if col not in control_cells.columns:
+                raise ValueError(f"control cells lack column {col!r}")
+            cvals = control_cells[col].to_numpy(dtype=float)
+        thr, strict = _threshold_for(rule, vals, cvals, prefix)
+        with np.errstate(invalid="ignore"):
+            pos = vals > thr if strict else vals >= thr
+        out[f"{prefix}_positive"] = pos & np.isfinite(vals)
+        thresholds[prefix] = thr
+    return out, thresholds
+
+
+def summarize_image(
+    cells_df: pd.DataFrame,
+    spots_df: pd.DataFrame | None,
+    marker_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Image-level summary of a cells table and a spots table.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``n_spots`` (all puncta, extracellular included), ``n_spots_in_cells``,
+        ``mean_spots_per_cell``, ``mean_spot_estimate_per_cell``,
+        ``mean_exo_integrated_intensity``, ``exo_positive_fraction`` and per marker
+        ``<name>_positive_fraction`` (NaN where the column is absent or there are no cells).
+    """
+    n_cells = int(len(cells_df))
+    n_spots = 0 if spots_df is None else int(len(spots_df))
+    if spots_df is not None and "cell_id" in spots_df.columns:
+        in_cells = int((spots_df["cell_id"].to_numpy() > 0).sum())
+    else:
+        in_cells = int(cells_df["exo_spot_count"].sum()) if "exo_spot_count" in cells_df else 0
+
+    def mean(col: str) -> float:
+        if n_cells == 0 or col not in cells_df.columns:
+            return float("nan")
+        return float(cells_df[col].astype(float).mean())
+
+    if marker_names is None:
+        marker_names = [c[: -len("_positive")] for c in cells_df.columns
+                        if c.endswith("_positive") and c != "exo_positive"]
+    out: dict[str, float] = {
+        "n_cells": n_cells,
+        "n_spots": n_spots,
+        "n_spots_in_cells": in_cells,
+        "mean_spots_per_cell": mean("exo_spot_count"),
+        "mean_spot_estimate_per_cell": mean("exo_spot_estimate"),
+        "mean_exo_integrated_intensity": mean("exo_integrated_intensity"),
+        "exo_positive_fraction": mean("exo_positive"),
+    }
+    for name in marker_names:
+        out[f"{name}_positive_fraction"] = mean(f"{name}_positive")
+    return out

@@ -1,0 +1,241 @@
+"""Tests of napari_exouptake.measure: hand-built label images with exact expected values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_exouptake.measure import (
+    apply_positivity,
+    assign_spots,
+    auto_threshold,
+    measure_cells,
+    summarize_image,
+)
+
+
+def two_cells():
+    """10x12 labels: cell 1 rows 0-4 cols 0-5, cell 2 rows 5-9 cols 0-5, cell 5 rows 0-9
+    cols 8-9 (no puncta), background elsewhere."""
+    lab = np.zeros((10, 12), np.uint16)
+    lab[0:5, 0:6] = 1
+    lab[5:10, 0:6] = 2
+    lab[0:10, 8:10] = 5
+    exo = np.full(lab.shape, 10.0)
+    exo[lab == 1] = 20.0
+    cd31 = np.zeros(lab.shape)
+    cd31[lab == 1] = 3.0
+    cd31[lab == 2] = 7.0
+    cd31[lab == 5] = 1.0
+    spots = pd.DataFrame(
+        {
+            "y": [1.2, 2.0, 3.7, 4.6, 20.0],  # 4.6 rounds to row 5: on the boundary, cell 2
+            "x": [1.0, 4.4, 2.2, 3.0, 1.0],   # the last one lies outside the image
+            "intensity": [100.0, 200.0, 300.0, 50.0, 70.0],
+            "n_estimate": [1.0, 1.0, 2.0, 1.0, 1.0],
+        }
+    )
+    return lab, exo, cd31, spots
+
+
+def test_assign_spots_boundary_and_outside():
+    lab, _, _, spots = two_cells()
+    out = assign_spots(spots, lab)
+    assert out["cell_id"].tolist() == [1, 1, 1, 2, 0]
+    assert "cell_id" not in spots.columns  # a copy
+    assert assign_spots(spots.iloc[:0], lab)["cell_id"].dtype == np.int64
+
+
+def test_measure_cells_exact_values():
+    lab, exo, cd31, spots = two_cells()
+    df = measure_cells(lab, {"exosome": exo, "cd31": cd31}, spots, pixel_size_um=0.5)
+    assert df["cell_id"].tolist() == [1, 2, 5]
+    assert df["area_px"].tolist() == [30, 30, 20]
+    np.testing.assert_allclose(df["area_um2"], [7.5, 7.5, 5.0])
+    np.testing.assert_allclose(df["centroid_y"], [2.0, 7.0, 4.5])
+    np.testing.assert_allclose(df["centroid_x"], [2.5, 2.5, 8.5])
+    assert df["exo_spot_count"].tolist() == [3, 1, 0]  # empty cell present with 0
+    np.testing.assert_allclose(df["exo_spot_estimate"], [4, 1, 0])
+    np.testing.assert_allclose(df["exo_integrated_intensity"], [600, 50, 0])
+    np.testing.assert_allclose(df["exo_mean_intensity"], [20, 10, 10])
+    # background = median outside cells = 10
+    np.testing.assert_allclose(df["exo_excess_intensity"], [300, 0, 0])
+    np.testing.assert_allclose(df["cd31_mean_intensity"], [3, 7, 1])
+    np.testing.assert_allclose(df["cd31_integrated_intensity"], [90, 210, 20])
+    assert df["exo_area_fraction"].iloc[2] == 0
+    assert 0 < df["exo_area_fraction"].iloc[0] <= 1
+
+
+def test_area_fraction_exact():
+    lab = np.ones((9, 9), np.int32)
+    spots = pd.DataFrame({"y": [4.0], "x": [4.0], "intensity": [1.0], "n_estimate": [1.0]})
+    df = measure_cells(lab, {"exosome": np.zeros((9, 9))}, spots, spot_radius_px=1.0)
+    assert df["exo_area_fraction"].iloc[0] == pytest.approx(5 / 81)  # the 5-pixel cross
+
+
+def test_nuclei_compartments_and_perinuclear():
+    lab = np.zeros((10, 10), np.int32)
+    lab[:, :] = 1
+    nuc = np.zeros_like(lab)
+    nuc[4:6, 4:6] = 1  # centroid (4.5, 4.5)
+    marker = np.where(nuc > 0, 8.0, 2.0)
+    spots = pd.DataFrame({"y": [4.5, 8.5], "x": [7.5, 4.5], "intensity": [1.0, 1.0]})
+    df = measure_cells(lab, {"exosome": np.ones((10, 10)), "nfkb": marker}, spots,
+                       nuclei=nuc, pixel_size_um=0.2)
+    np.testing.assert_allclose(df["nfkb_nuclear_mean"], 8.0)
+    np.testing.assert_allclose(df["nfkb_cytoplasmic_mean"], 2.0)
+    np.testing.assert_allclose(df["nfkb_nc_ratio"], 4.0)
+    np.testing.assert_allclose(df["exo_nuc_dist_px"], 3.5)  # distances 3 and 4
+    np.testing.assert_allclose(df["exo_nuc_dist_um"], 0.7)
+    yy, xx = np.mgrid[:10, :10]
+    mean_px = np.hypot(yy - 4.5, xx - 4.5).mean()
+    np.testing.assert_allclose(df["exo_perinuclear_index"], 3.5 / mean_px)
+
+
+def test_cell_without_nucleus_gets_nan():
+    lab = np.zeros((6, 6), np.int32)
+    lab[:, :3] = 1
+    lab[:, 3:] = 2
+    nuc = np.zeros_like(lab)
+    nuc[2:4, 1] = 1
+    df = measure_cells(lab, {"exosome": np.ones((6, 6)), "m": np.ones((6, 6))}, None,
+                       nuclei=nuc)
+    assert np.isfinite(df["m_nuclear_mean"].iloc[0])
+    assert np.isnan(df["m_nuclear_mean"].iloc[1])
+    assert np.isnan(df["exo_nuc_dist_px"]).all()  # no puncta
+
+
+def test_3d_labels():
+    lab = np.zeros((4, 6, 6), np.int32)
+    lab[1:3, 0:3, 0:3] = 7
+    lab[0:4, 3:6, 3:6] = 9
+    exo = np.ones(lab.shape)
+    spots = pd.DataFrame({"z": [1.2, 3.0], "y": [1.0, 4.0], "x": [2.0, 4.4],
+                          "intensity": [5.0, 6.0], "n_estimate": [1.0, 3.0]})
+    df = measure_cells(lab, {"exosome": exo}, spots, pixel_size_um=0.5, z_step_um=2.0)
+    assert df["cell_id"].tolist() == [7, 9]
+    assert df["area_px"].tolist() == [18, 36]
+    np.testing.assert_allclose(df["volume_um3"], [18 * 0.5, 36 * 0.5])
+    np.testing.assert_allclose(df["centroid_z"], [1.5, 1.5])
+    assert df["exo_spot_count"].tolist() == [1, 1]
+    np.testing.assert_allclose(df["exo_spot_estimate"], [1, 3])
+    # a (1, Y, X) channel for 2D labels is accepted
+    d2 = measure_cells(lab[1], {"exosome": exo[1:2]}, None)
+    assert d2["area_px"].tolist() == [9, 9]
+
+
+def test_no_cells_gives_empty_table_with_columns():
+    df = measure_cells(np.zeros((5, 5), np.uint8), {"exosome": np.zeros((5, 5)),
+                                                    "cd31": np.zeros((5, 5))}, None)
+    assert len(df) == 0
+    for col in ("cell_id", "exo_spot_count", "cd31_mean_intensity"):
+        assert col in df.columns
+
+
+def test_imagedata_with_resolved_channels():
+    class Img:
+        data = np.stack([np.zeros((1, 4, 4)), np.full((1, 4, 4), 2.0), np.full((1, 4, 4), 5.0)])
+        channel_names = ("DAPI", "PKH26", "CD31")
+
+    class Res:
+        exosome = 1
+        markers = {"cd31": 2}
+
+    df = measure_cells(np.ones((4, 4), int), Img(), None, resolved=Res())
+    assert df["exo_mean_intensity"].iloc[0] == 2.0
+    assert df["cd31_mean_intensity"].iloc[0] == 5.0
+
+
+@pytest.mark.parametrize(
+    ("cells", "channels", "match"),
+    [
+        (np.ones((4, 4), int), {"cd31": np.ones((4, 4))}, "exosome channel"),
+        (np.ones((4, 4), int), {"exosome": np.ones((5, 4))}, "shape"),
+        (np.ones((4, 4)) * 0.5, {"exosome": np.ones((4, 4))}, "integer"),
+        (np.ones(4, int), {"exosome": np.ones(4)}, "2D"),
+        (-np.ones((4, 4), int), {"exosome": np.ones((4, 4))}, "negative"),
+        (np.ones((4, 4), int), {"exosome": np.full((4, 4), np.nan)}, "NaN"),
+        (np.ones((4, 4), int), [np.ones((4, 4))], "dict"),
+    ],
+)
+def test_measure_errors(cells, channels, match):
+    with pytest.raises(ValueError, match=match):
+        measure_cells(cells, channels, None)
+
+
+def test_measure_other_errors():
+    lab = np.ones((4, 4), int)
+    ch = {"exosome": np.ones((4, 4))}
+    with pytest.raises(ValueError, match="marker 'cd31'"):
+        measure_cells(lab, ch, None, marker_names=["cd31"])
+    with pytest.raises(ValueError, match="nuclei shape"):
+        measure_cells(lab, ch, None, nuclei=np.ones((3, 3), int))
+    with pytest.raises(ValueError, match="lacks column"):
+        measure_cells(lab, ch, pd.DataFrame({"y": [1.0]}))
+    with pytest.raises(ValueError, match="lacks column"):
+        measure_cells(np.ones((2, 4, 4), int), {"exosome": np.ones((2, 4, 4))},
+                      pd.DataFrame({"y": [1.0], "x": [1.0]}))
+    with pytest.raises(ValueError, match="ImageData"):
+        measure_cells(lab, type("I", (), {"data": 0, "channel_names": ()})(), None)
+
+
+# ------------------------------------------------------------------------------ positivity
+def test_positivity_fixed_auto_control():
+    rng = np.random.default_rng(0)
+    neg = 0.12 * rng.lognormal(0, 0.35, 300)
+    pos = rng.lognormal(0, 0.3, 100)
+    cells = pd.DataFrame({
+        "cell_id": np.arange(400),
+        "exo_spot_count": np.r_[np.zeros(200), np.ones(200) * 3],
+        "cd31_mean_intensity": 100 + 1000 * np.r_[neg, pos],
+    })
+    out, thr = apply_positivity(cells)  # defaults: >= 1 punctum, markers auto
+    assert out["exo_positive"].sum() == 200
+    assert thr["exo"] == 1
+    truth = np.r_[np.zeros(300, bool), np.ones(100, bool)]
+    assert (out["cd31_positive"] == truth).mean() >= 0.98
+    control = pd.DataFrame({"cd31_mean_intensity": 100 + 1000 * 0.12 * rng.lognormal(0, 0.35,
+                                                                                     500),
+                            "exo_spot_count": np.zeros(500)})
+    cfg = {"exosome": {"method": "fixed", "value": 2, "metric": "exo_spot_count"},
+           "markers": {"method": "control", "metric": "mean_intensity", "percentile": 99}}
+    out2, thr2 = apply_positivity(cells, cfg, ["cd31"], control_cells=control)
+    assert thr2["exo"] == 2 and out2["exo_positive"].sum() == 200
+    assert thr2["cd31"] == pytest.approx(np.percentile(control["cd31_mean_intensity"], 99))
+    assert out2["cd31_positive"].sum() >= 95
+
+
+def test_positivity_errors():
+    cells = pd.DataFrame({"cell_id": [1, 2], "exo_spot_count": [0, 2],
+                          "cd31_mean_intensity": [1.0, 5.0]})
+    ctrl = {"exosome": {"method": "control", "metric": "exo_spot_count"}}
+    with pytest.raises(ValueError, match="control cells"):
+        apply_positivity(cells, ctrl)
+    with pytest.raises(ValueError, match="metric"):
+        apply_positivity(cells, {"markers": {"method": "auto", "metric": "median"}})
+    with pytest.raises(ValueError, match="unknown method"):
+        apply_positivity(cells, {"markers": {"method": "magic", "metric": "mean_intensity"}})
+    with pytest.raises(ValueError, match="DataFrame"):
+        apply_positivity([1, 2])
+
+
+def test_auto_threshold_degenerate():
+    assert auto_threshold(np.ones(10)) == np.inf
+    assert auto_threshold(np.array([])) == np.inf
+    t = auto_threshold(np.r_[np.full(50, 1.0), np.full(50, 100.0)])
+    assert 1.0 < t <= 100.0
+
+
+def test_summarize_image():
+    lab, exo, cd31, spots = two_cells()
+    cells = measure_cells(lab, {"exosome": exo, "cd31": cd31}, spots)
+    cells, _ = apply_positivity(cells, {"markers": {"method": "fixed", "value": 3,
+                                                    "metric": "mean_intensity"}})
+    s = summarize_image(cells, assign_spots(spots, lab))
+    assert s["n_cells"] == 3 and s["n_spots"] == 5 and s["n_spots_in_cells"] == 4
+    assert s["mean_spots_per_cell"] == pytest.approx(4 / 3)
+    assert s["exo_positive_fraction"] == pytest.approx(2 / 3)
+    assert s["cd31_positive_fraction"] == pytest.approx(2 / 3)
+    empty = summarize_image(cells.iloc[:0], None)
+    assert empty["n_cells"] == 0 and np.isnan(empty["mean_spots_per_cell"])

@@ -1,0 +1,274 @@
+"""Tests of napari_exouptake.spots: tiny hand-built images with exact expected values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_exouptake.spots import (
+    SPOT_COLUMNS,
+    detect_spots,
+    detect_spots_from_config,
+    filter_image,
+    learn_threshold,
+    match_spots,
+)
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+SIGMA = 1.8 / np.sqrt(2.0)  # PSF sigma that matches the default radius_px=1.8
+
+
+def gaussians(shape, centres, amps, sigma=SIGMA, background=100.0):
+    """Sum of Gaussian puncta (peak ``amp``) on a constant background, float64."""
+    grids = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    img = np.full(shape, float(background))
+    for c, a in zip(centres, amps, strict=False):
+        r2 = sum((g - ci) ** 2 for g, ci in zip(grids, c, strict=False))
+        img += a * np.exp(-r2 / (2 * sigma**2))
+    return img
+
+
+THREE = np.array([[20.3, 20.7], [30.5, 40.2], [45.1, 15.9]])
+
+
+def test_three_puncta_exact_positions_and_intensities():
+    img = gaussians((64, 64), THREE, [1000, 1000, 1000])
+    df = detect_spots(img)
+    assert len(df) == 3
+    df = df.sort_values("y").reset_index(drop=True)
+    np.testing.assert_allclose(df[["y", "x"]].to_numpy(), THREE, atol=0.01)
+    # amplitude: fitted peak above background; intensity: disc of 2 x radius (97-98 % of
+    # the Gaussian's total 2 pi sigma^2 A)
+    np.testing.assert_allclose(df["amplitude"], 1000, rtol=0.02)
+    total = 1000 * 2 * np.pi * SIGMA**2
+    np.testing.assert_allclose(df["intensity"], total, rtol=0.05)
+    np.testing.assert_allclose(df["background"], 100, atol=1)
+    np.testing.assert_allclose(df["sigma_px"], SIGMA, rtol=0.05)
+    assert (df["n_estimate"] == 1).all()
+    assert list(df.columns) == list(SPOT_COLUMNS[1:])
+    assert df.attrs["threshold"] > 0
+
+
+def test_three_puncta_with_noise_and_uneven_background():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64].astype(float)
+    # a strong illumination gradient and a broad autofluorescent "cell" blob
+    bg = 200 + 6 * xx + 400 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 12.0**2))
+    img = gaussians((64, 64), THREE, [600, 600, 600], background=0) + bg
+    img = rng.poisson(img).astype(float)
+    df = detect_spots(img)
+    assert len(df) == 3
+    m = match_spots(df, THREE, 0.5)
+    assert m.tp == 3
+    assert m.distances.max() < 0.3
+
+
+def test_3d_puncta():
+    centres = np.array([[6.2, 10.4, 12.7], [9.6, 25.3, 30.1], [4.0, 30.0, 8.5]])
+    img = gaussians((14, 40, 40), centres, [800, 800, 800])
+    df = detect_spots(img)
+    assert list(df.columns) == list(SPOT_COLUMNS)
+    assert len(df) == 3
+    df = df.sort_values("y").reset_index(drop=True)
+    np.testing.assert_allclose(df[["z", "y", "x"]].to_numpy(), centres, atol=0.05)
+    np.testing.assert_allclose(df["amplitude"], 800, rtol=0.03)
+
+
+def test_aggregate_of_four_is_estimated_as_four():
+    singles = [[10, 10], [10, 50], [50, 10], [30, 30], [50, 50], [10, 30]]
+    agg = [[39.3, 39.5], [41.0, 39.6], [39.5, 41.1], [41.0, 41.0]]
+    img = gaussians((64, 64), singles + agg, [1000] * 10)
+    df = detect_spots(img)
+    near = np.hypot(df.y - 40.3, df.x - 40.3) < 3
+    assert df.loc[near, "n_estimate"].sum() == 4
+    assert df.loc[near, "detected"].sum() == 1  # one peak, decomposed into 4 puncta
+    assert (df.loc[near, "cluster_id"] > 0).all()
+    assert df.loc[~near, "n_estimate"].sum() == 6
+    # without the cluster estimate every peak counts 1
+    df1 = detect_spots(img, cluster_estimate=False)
+    assert len(df1) == 7 and (df1["n_estimate"] == 1).all()
+
+
+def test_empty_and_flat_images_give_empty_tables():
+    for img in (np.zeros((32, 32)), np.full((32, 32), 7, np.uint16), np.zeros((3, 16, 16))):
+        df = detect_spots(img)
+        assert len(df) == 0
+        want = SPOT_COLUMNS if img.ndim == 3 else SPOT_COLUMNS[1:]
+        assert list(df.columns) == list(want)
+
+
+def test_fixed_threshold_units_are_amplitude():
+    img = gaussians((48, 48), [[12, 12], [30, 30]], [300, 1000])
+    assert len(detect_spots(img, threshold=250)) == 2
+    assert len(detect_spots(img, threshold=400)) == 1
+    np.testing.assert_allclose(filter_image(img).max(), 1000, rtol=0.02)
+
+
+def test_mask_and_border():
+    img = gaussians((48, 48), [[4, 24], [24, 24]], [1000, 1000])
+    assert len(detect_spots(img)) == 2
+    assert len(detect_spots(img, exclude_border_px=5)) == 1
+    mask = np.zeros((48, 48), bool)
+    mask[:10] = True
+    df = detect_spots(img, mask=mask)
+    assert len(df) == 1 and abs(df.y.iloc[0] - 4) < 0.1
+
+
+def test_min_distance_merges_close_peaks():
+    img = gaussians((48, 48), [[24, 20], [24, 26]], [1000, 1000])
+    assert len(detect_spots(img, cluster_estimate=False)) == 2
+    assert len(detect_spots(img, min_distance_px=7, cluster_estimate=False)) == 1
+
+
+def test_learn_threshold_from_controls():
+    rng = np.random.default_rng(1)
+    controls = [rng.normal(100, 10, (128, 128)) for _ in range(3)]
+    thr = learn_threshold(controls, max_false_per_mpx=100)
+    assert thr > 0
+    n_false = sum(int(detect_spots(c, threshold=thr)["detected"].sum()) for c in controls)
+    assert n_false <= 100 * 3 * 128 * 128 / 1e6 + 1e-9
+    img = gaussians((128, 128), [[30, 30], [90, 60]], [200, 200], background=0)
+    img = img + rng.normal(100, 10, img.shape)
+    df = detect_spots(img, threshold=thr)
+    assert match_spots(df, [[30, 30], [90, 60]], 1.0).recall == 1.0
+
+
+def test_from_config_squeezes_single_plane():
+    class Cfg:
+        radius_px = 1.8
+        threshold = "auto"
+        threshold_k = 5.0
+        background_radius_px = None
+        min_distance_px = None
+        cluster_estimate = True
+        exclude_border_px = 0
+
+    img = gaussians((64, 64), THREE, [1000] * 3)[None]
+    df = detect_spots_from_config(img, Cfg())
+    assert "z" not in df.columns and len(df) == 3
+    assert len(detect_spots_from_config(img, None)) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"image": np.full((8, 8), np.nan)}, "NaN"),
+        ({"image": np.zeros(8)}, "2D"),
+        ({"image": np.zeros((2, 2, 2, 2))}, "2D"),
+        ({"image": np.array([["a"]])}, "numeric"),
+        ({"image": np.zeros((8, 8)), "threshold": "otsu"}, "auto"),
+        ({"image": np.zeros((8, 8)), "threshold": -1.0}, ">= 0"),
+        ({"image": np.zeros((8, 8)), "threshold_k": 0}, "threshold_k"),
+        ({"image": np.zeros((8, 8)), "radius_px": 0}, "radius_px"),
+        ({"image": np.zeros((8, 8)), "background_radius_px": 1.0}, "larger"),
+        ({"image": np.zeros((8, 8)), "mask": np.ones((4, 4), bool)}, "mask shape"),
+        ({"image": np.zeros((8, 8)), "exclude_border_px": -1}, "exclude_border"),
+    ],
+)
+def test_detect_errors(kwargs, match):
+    image = kwargs.pop("image")
+    with pytest.raises(ValueError, match=match):
+        detect_spots(image, **kwargs)
+
+
+def test_learn_threshold_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        learn_threshold([])
+    with pytest.raises(ValueError, match="flat"):
+        learn_threshold([np.zeros((16, 16))])
+    with pytest.raises(ValueError, match="masks"):
+        learn_threshold([np.zeros((16, 16))], masks=[None, None])
+
+
+def test_match_spots_one_to_one():
+    truth = np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]])
+    pred = np.array([[0.5, 0.0], [0.0, 0.6], [10.0, 11.5], [40.0, 40.0]])
+    m = match_spots(pred, truth, 2.0)
+    assert (m.tp, m.fp, m.fn) == (2, 2, 1)
+    assert m.f1 == pytest.approx(4 / 7)
+    # the Hungarian matching keeps the closer of two candidates
+    assert sorted(zip(m.pred_index, m.truth_index, strict=False)) == [(0, 0), (2, 1)]
+    df = pd.DataFrame(pred, columns=["y", "x"])
+    assert match_spots(df, truth, 2.0).tp == 2
+    assert match_spots(np.empty((0, 2)), truth).f1 == 0.0
+    assert match_spots(np.empty((0, 2)), np.empty((0, 2))).f1 == 1.0
+    with pytest.raises(ValueError, match="coordinates"):
+        match_spots(np.zeros((2, 4)), truth)
+    with pytest.raises(ValueError, match="max_dist"):
+        match_spots(pred, truth, 0)
+
+
+# ----------------------------------------------------------------------------- real data
+def _beads():
+    folder = DATA / "spots_beads"
+    if not (folder / "beads_300pxroi.png").exists():
+        pytest.skip("shared/data/spots_beads not available")
+    import imageio.v3 as iio
+
+    img = iio.imread(folder / "beads_300pxroi.png")
+    ann = pd.read_csv(folder / "bead_annotations_20180517.csv")
+    truth = np.c_[ann["row"] - 2, ann["col"] - 2]  # documented -2 px offset
+    return img, truth
+
+
+def test_real_beads_regression():
+    """Measured with the defaults: F1 0.879 (precision 0.795, recall 0.983) within 2 px."""
+    img, truth = _beads()
+    df = detect_spots(img)
+    m = match_spots(df, truth, 2.0)
+    assert m.recall >= 0.97
+    assert m.f1 >= 0.87, (m.f1, m.precision, m.recall)
+    assert np.median(m.distances) < 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="target F1 >= 0.95 on the beads not met with defaults "
+                   "(0.879): dim unannotated blobs count as false positives")
+def test_real_beads_f1_target():
+    img, truth = _beads()
+    assert match_spots(detect_spots(img), truth, 2.0).f1 >= 0.95
+
+
+# ------------------------------------------------------------------ simulator accuracy
+def _sim_scores(difficulty, seeds=(501, 502)):
+    sim_mod = pytest.importorskip("napari_exouptake.simulate")
+    from napari_exouptake.measure import measure_cells
+
+    f1, r = [], []
+    for i, seed in enumerate(seeds):
+        sim = sim_mod.simulate_image(seed, condition=("ev_high", "ev_low")[i % 2],
+                                     difficulty=difficulty)
+        exo = sim.image[list(sim.channel_names).index("PKH26")]
+        spots = detect_spots(exo)
+        f1.append(match_spots(spots, sim.spots, 2.0).f1)
+        cells = measure_cells(sim.cells, {"exosome": exo}, spots)
+        truth = sim.truth_cells.set_index("cell_id").loc[cells["cell_id"], "n_spots"]
+        r.append(np.corrcoef(cells["exo_spot_estimate"], truth)[0, 1])
+    return float(np.mean(f1)), float(np.mean(r))
+
+
+@pytest.mark.slow
+def test_simulated_regression_levels():
+    """Measured levels with the defaults (guard against regressions, not the targets)."""
+    f1_n, r_n = _sim_scores("normal")
+    f1_h, r_h = _sim_scores("hard")
+    assert f1_n >= 0.70 and r_n >= 0.90
+    assert f1_h >= 0.30 and r_h >= 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="targets F1 >= 0.95 / count r >= 0.98 at normal not met "
+                   "(measured F1 ~0.78, r ~0.95)")
+def test_simulated_normal_targets():
+    f1, r = _sim_scores("normal")
+    assert f1 >= 0.95 and r >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="targets F1 >= 0.80 / count r >= 0.90 at hard not met "
+                   "(measured F1 ~0.41, r ~0.85)")
+def test_simulated_hard_targets():
+    f1, r = _sim_scores("hard")
+    assert f1 >= 0.80 and r >= 0.90
