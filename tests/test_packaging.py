@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
@@ -28,7 +27,9 @@ def test_version_command():
 
     out = subprocess.run(
         [sys.executable, "-m", "napari_exouptake.cli", "--version"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == f"exouptake {__version__}"
 
@@ -63,7 +64,8 @@ def test_npe2_manifest_validates():
     assert mf.name == "napari-exouptake"
     out = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", "napari-exouptake", "--imports"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     del npe2
