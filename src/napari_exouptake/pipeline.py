@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AssayConfig, config_hash
+from .config import AssayConfig, ConfigError, config_hash
 from .io import ImageData, read_image, read_labels, write_labels, write_table
 
 __all__ = [
@@ -261,7 +261,7 @@ def analyze_image(
         extras={**extras, "readouts": readouts},
         exo_image=exo_m,
     )
-    [result] = finalize([result], config)
+    [result] = finalize([result], config, pending_control_ok=True)
     timings["total"] = time.perf_counter() - t0
     step("done", 1.0)
     return result
@@ -271,6 +271,8 @@ def finalize(
     results: Sequence[AnalysisResult],
     config: AssayConfig,
     control_cells: pd.DataFrame | None = None,
+    *,
+    pending_control_ok: bool = False,
 ) -> list[AnalysisResult]:
     """Apply positivity thresholds over a whole run and fill each image's summary.
 
@@ -303,9 +305,36 @@ def finalize(
     marker_rules = {
         k: m.positivity for k, m in config.channels.markers.items() if m.positivity is not None
     }
+    positivity = config.positivity
+    pending = False
+    uses_control = positivity.exosome.method == "control" or any(
+        r.method == "control" for r in [positivity.markers, *marker_rules.values()]
+    )
+    if uses_control and (control_cells is None or len(control_cells) == 0):
+        if not pending_control_ok:
+            found = sorted({str(r.condition) for r in results})
+            raise ConfigError(
+                "positivity method 'control' needs cells of the control condition "
+                f"{control!r} (positivity.control_condition); the images' conditions are "
+                f"{', '.join(found)}"
+            )
+        pending = True
+        log.info(
+            "no %r control cells among these images: 'control' positivity uses 'auto' until "
+            "the run-level thresholds are applied",
+            control,
+        )
+
+        def _auto(rule):
+            return rule.model_copy(update={"method": "auto"}) if rule.method == "control" else rule
+
+        positivity = positivity.model_copy(
+            update={"exosome": _auto(positivity.exosome), "markers": _auto(positivity.markers)}
+        )
+        marker_rules = {k: _auto(v) for k, v in marker_rules.items()}
     classified, thresholds = measure.apply_positivity(
         all_cells,
-        config.positivity,
+        positivity,
         markers,
         control_cells=control_cells,
         marker_rules=marker_rules,
@@ -321,7 +350,10 @@ def finalize(
         if r.condition is not None:
             summary["condition"] = r.condition
         summary.update(r.extras.get("readouts", {}))
-        out.append(replace(r, cells=cells, thresholds=dict(thresholds), summary=summary))
+        prov = {**r.provenance, "positivity_pending": pending}
+        out.append(
+            replace(r, cells=cells, thresholds=dict(thresholds), summary=summary, provenance=prov)
+        )
     return out
 
 
