@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--out", type=Path, required=True)
     pk.add_argument("--with-results", action="store_true")
     pk.add_argument("--name")
+    pk.add_argument(
+        "--labels", help="'ground_truth' or a label folder: quantify with these, not segmenting"
+    )
+    pk.add_argument("--description")
+    pk.add_argument("--licence", default="CC-BY-4.0")
+    pk.add_argument("--author", action="append", help="author name (repeat for several)")
     for name, helptext in (
         ("verify", "check every hash and the schema"),
         ("validate", "re-run the analysis and compare with the reference results"),

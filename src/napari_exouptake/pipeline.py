@@ -168,7 +168,8 @@ def analyze_image(
         from .segmentation import segment
 
         seg = segment(image, config)
-        cells_lab, nuc_lab = seg.cells, seg.nuclei
+        cells_lab = _as_labels(seg.cells, image, "segmentation labels")
+        nuc_lab = None if seg.nuclei is None else _as_labels(seg.nuclei, image, "nuclei")
         seg_info.update(
             source="cellpose",
             device=seg.device,
