@@ -1,0 +1,1334 @@
+"""The exosome-uptake dock widget: channels -> segmentation -> puncta -> measurement -> export.
+
+The widget only gathers parameters into an :class:`~napari_exouptake.config.AssayConfig`, runs
+the core (``segmentation.segment``, ``spots.detect_spots``, ``pipeline.analyze_image``,
+``pipeline.finalize``, ``batch.run_analyze``) in a worker thread (see :mod:`._workers`), and
+turns results into layers tied, through ``layer.metadata["exouptake"]``, to the layers they
+were computed from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._layers import (
+    META_KEY,
+    ChannelSource,
+    image_from_sources,
+    labels_layer_data,
+    points_layer_data,
+    value_colors,
+)
+from ._table import CellTable
+from ._workers import Job, start_job
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..config import AssayConfig
+    from ..pipeline import AnalysisResult
+
+__all__ = ["ExoUptakeWidget"]
+
+log = logging.getLogger(__name__)
+
+NONE = "(none)"
+MODELS = ("demo-cells", "demo-nuclei", "cyto3", "nuclei", "cpsam")
+FILE_ITEM = "file…"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MODES = ("cells", "nuclei", "expand")
+KINDS = ("angiogenesis", "collagen", "other")
+#: channel-name patterns used to pre-fill the role dropdowns (case-insensitive)
+ROLE_GUESSES = {
+    "nucleus": r"dapi|hoechst|nuc|draq5|sytox",
+    "cell": r"cellmask|membrane|phalloidin|actin|cyto|wga|bright",
+    "exosome": r"pkh|dii\b|did\b|dio\b|exo|ev\b|cd63|cd9|cd81|gfp",
+}
+
+
+# -- core calls run in the worker thread (plain functions, no Qt) -------------------------------
+
+
+def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> Any:
+    from ..segmentation import resolve_device, segment
+
+    progress(0.0, f"segmenting on {resolve_device(config.segmentation.device)}")
+    return segment(image, config, progress=progress, cancel=cancel)
+
+
+def _job_estimate(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> float:
+    from ..segmentation import estimate_diameter
+
+    progress(0.0, "estimating the diameter")
+    return estimate_diameter(image, config)
+
+
+def _job_device(spec: str, *, progress: Any, cancel: Any) -> str:
+    from ..segmentation import resolve_device
+
+    return resolve_device(spec)
+
+
+def _job_analyze(
+    image: Any,
+    config: AssayConfig,
+    labels: Any,
+    nuclei: Any,
+    name: str,
+    *,
+    progress: Any,
+    cancel: Any,
+) -> AnalysisResult:
+    from ..pipeline import analyze_image
+
+    return analyze_image(
+        image,
+        config,
+        labels,
+        nuclei=nuclei,
+        name=name,
+        progress=lambda stage, frac: progress(frac, stage),
+        cancel=cancel,
+    )
+
+
+def _job_preview(
+    crop: np.ndarray, spots_cfg: Any, offset: tuple[int, ...], *, progress: Any, cancel: Any
+) -> Any:
+    from ..spots import detect_spots_from_config
+
+    df = detect_spots_from_config(crop, spots_cfg)
+    for axis, off in zip(("y", "x"), offset[-2:], strict=True):
+        df[axis] = df[axis] + off  # back to full-image pixel coordinates
+    return df
+
+
+def _job_batch(
+    inputs: list[str],
+    config: AssayConfig,
+    out: str,
+    workers: int,
+    labels: str | None,
+    *,
+    progress: Any,
+    cancel: Any,
+) -> int:
+    from .. import batch
+
+    # batch.run_analyze forwards keyword arguments to batch.analyze_batch: pass a progress
+    # callback and a cancel flag where the batch engine accepts them
+    params = inspect.signature(batch.analyze_batch).parameters
+    kwargs: dict[str, Any] = {"workers": workers}
+    if labels:
+        kwargs["labels"] = labels
+    if "on_progress" in params:
+        kwargs["on_progress"] = _tolerant_progress(progress)
+    if "cancel" in params:
+        kwargs["cancel"] = cancel
+    progress(0.0, f"analysing {', '.join(inputs)}")
+    return int(batch.run_analyze(inputs, config, out, **kwargs) or 0)
+
+
+def _tolerant_progress(report: Any) -> Any:
+    """Adapt ``(done, total)``, ``(fraction, msg)`` or ``(msg, fraction)`` to ``report``."""
+
+    def cb(*args: Any, **kwargs: Any) -> None:
+        nums = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        texts = [str(a) for a in args if isinstance(a, str)]
+        if len(nums) >= 2 and nums[1]:
+            frac = nums[0] / nums[1]
+        elif nums:
+            frac = nums[0]
+        else:
+            frac = 0.0
+        report(float(min(max(frac, 0.0), 1.0)), " ".join(texts))
+
+    return cb
+
+
+def _layer_source(layer: Any) -> str | None:
+    """File a layer was read from (``metadata["source"]`` or napari's ``layer.source.path``)."""
+    src = layer.metadata.get("source") or getattr(layer.source, "path", None)
+    return str(src) if src else None
+
+
+# -- the widget ----------------------------------------------------------------------------------
+
+
+class ExoUptakeWidget(QWidget):
+    """Dock widget that walks through the exosome-uptake assay.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        Injected by napari.
+
+    Notes
+    -----
+    Every button that starts work has a method of the same meaning that tests and scripts can
+    call directly (``run_segmentation``, ``run_measurement``, ``save_config`` ...).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        from ..config import AssayConfig
+
+        self.viewer = napari_viewer
+        # napari >= 0.9 moved the camera to viewer.scene.camera
+        scene = getattr(napari_viewer, "scene", None)
+        self._camera = scene.camera if scene is not None else napari_viewer.camera
+        self._base = AssayConfig()
+        self._job: Job | None = None
+        self._preview_job: Job | None = None
+        self._device_job: Job | None = None
+        self._preview_pending = False
+        self._sources: list[ChannelSource] = []
+        self._result: AnalysisResult | None = None
+        self._result_config: AssayConfig | None = None
+        self._cells_layer: Any = None
+        self._points_layer: Any = None
+        self._overrides: dict[str, float] = {}
+        self._threshold_spins: dict[str, QDoubleSpinBox] = {}
+        self._marker_rows: list[dict[str, Any]] = []
+        self._linking = False
+        self._build()
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(300)
+        self._preview_timer.timeout.connect(self.update_preview)
+        self.viewer.layers.events.inserted.connect(self._refresh_sources)
+        self.viewer.layers.events.removed.connect(self._refresh_sources)
+        self.viewer.layers.events.moved.connect(self._refresh_sources)
+        self._camera.events.center.connect(self._schedule_preview)
+        self._camera.events.zoom.connect(self._schedule_preview)
+        self._refresh_sources()
+        self._guess_roles()
+
+    # ---------------------------------------------------------------------------------- UI --
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(2, 2, 2, 2)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.sections: dict[str, Any] = {}
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        scroll.setWidget(body)
+        outer.addWidget(scroll)
+
+        # 1. image and channel roles
+        g, f = self._section("1  Image and channel roles")
+        self.nucleus_combo, self.cell_combo, self.exosome_combo = (
+            QComboBox(),
+            QComboBox(),
+            QComboBox(),
+        )
+        for combo, role in (
+            (self.nucleus_combo, "nucleus"),
+            (self.cell_combo, "cell"),
+            (self.exosome_combo, "exosome"),
+        ):
+            combo.setToolTip(f"channel with the {role} stain (layer names)")
+            f.addRow(f"{role}:", combo)
+        self.exosome_combo.currentIndexChanged.connect(self._schedule_preview)
+        self.markers_box = QVBoxLayout()
+        f.addRow(QLabel("markers (name, channel, kind):"))
+        f.addRow(self._wrap(self.markers_box))
+        self.add_marker_btn = QPushButton("+ marker")
+        self.add_marker_btn.clicked.connect(lambda: self.add_marker_row())
+        f.addRow("", self.add_marker_btn)
+        self.pixel_size_spin = QDoubleSpinBox()
+        self.pixel_size_spin.setRange(0.0, 1000.0)
+        self.pixel_size_spin.setDecimals(4)
+        self.pixel_size_spin.setSpecialValueText("from image")
+        self.pixel_size_spin.setSuffix(" µm")
+        f.addRow("pixel size:", self.pixel_size_spin)
+        lay.addWidget(g)
+
+        # 2. segmentation
+        g, f = self._section("2  Segmentation (Cellpose)")
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.addItems([*MODELS, FILE_ITEM])
+        self.model_combo.activated.connect(self._on_model_activated)
+        f.addRow("model:", self.model_combo)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(MODES)
+        f.addRow("mode:", self.mode_combo)
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 10000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSpecialValueText("auto (Cellpose)")
+        self.diameter_spin.setSuffix(" px")
+        self.estimate_btn = QPushButton("estimate")
+        self.estimate_btn.clicked.connect(self.run_estimate_diameter)
+        row = QHBoxLayout()
+        row.addWidget(self.diameter_spin, 1)
+        row.addWidget(self.estimate_btn)
+        f.addRow("diameter:", self._wrap(row))
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.currentTextChanged.connect(self._check_device)
+        self.device_label = QLabel("")
+        self.device_label.setToolTip("the device segmentation runs on (checked in the background)")
+        row = QHBoxLayout()
+        row.addWidget(self.device_combo, 1)
+        row.addWidget(self.device_label)
+        f.addRow("device:", self._wrap(row))
+        self.segment_btn = QPushButton("Segment")
+        self.segment_btn.clicked.connect(self.run_segmentation)
+        f.addRow(self.segment_btn)
+        lay.addWidget(g)
+
+        # 3. puncta
+        g, f = self._section("3  Exosome puncta")
+        self.radius_spin = QDoubleSpinBox()
+        self.radius_spin.setRange(0.3, 50.0)
+        self.radius_spin.setDecimals(2)
+        self.radius_spin.setSingleStep(0.1)
+        self.radius_spin.setSuffix(" px")
+        self.radius_spin.setToolTip("expected punctum radius: sqrt(2) x the PSF's Gaussian sigma")
+        f.addRow("radius:", self.radius_spin)
+        self.threshold_auto = QCheckBox("auto")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1e9)
+        self.threshold_spin.setDecimals(3)
+        self.threshold_auto.toggled.connect(lambda on: self.threshold_spin.setEnabled(not on))
+        row = QHBoxLayout()
+        row.addWidget(self.threshold_auto)
+        row.addWidget(self.threshold_spin, 1)
+        f.addRow("threshold:", self._wrap(row))
+        self.preview_check = QCheckBox("live preview on the visible region")
+        self.preview_check.toggled.connect(self._on_preview_toggled)
+        f.addRow(self.preview_check)
+        for w in (self.radius_spin, self.threshold_spin):
+            w.valueChanged.connect(self._schedule_preview)
+        self.threshold_auto.toggled.connect(self._schedule_preview)
+        lay.addWidget(g)
+
+        # 4. measurement
+        g, f = self._section("4  Measure cells")
+        self.cells_combo, self.nuclei_combo = QComboBox(), QComboBox()
+        f.addRow("cell labels:", self.cells_combo)
+        f.addRow("nucleus labels:", self.nuclei_combo)
+        self.measure_btn = QPushButton("Detect puncta and measure")
+        self.measure_btn.clicked.connect(self.run_measurement)
+        f.addRow(self.measure_btn)
+        self.thresholds_form = QFormLayout()
+        f.addRow("positive if ≥", self._wrap(self.thresholds_form))
+        self.color_combo = QComboBox()
+        self.color_combo.addItem(NONE)
+        self.color_combo.currentTextChanged.connect(self.color_cells_by)
+        f.addRow("colour cells by:", self.color_combo)
+        self.table = CellTable()
+        self.table.setMinimumHeight(180)
+        self.table.cell_clicked.connect(self.focus_cell)
+        f.addRow(self.table)
+        lay.addWidget(g)
+
+        # 5. save and export
+        g, grid = self._section("5  Save and export", QGridLayout)
+        self.load_cfg_btn = QPushButton("Load config…")
+        self.save_cfg_btn = QPushButton("Save config…")
+        self.export_btn = QPushButton("Export tables…")
+        self.shot_btn = QPushButton("QC screenshot…")
+        self.load_cfg_btn.clicked.connect(
+            lambda: self._ask_path("load_config", "YAML (*.yaml *.yml)")
+        )
+        self.save_cfg_btn.clicked.connect(lambda: self._ask_path("save_config", "YAML (*.yaml)"))
+        self.export_btn.clicked.connect(lambda: self._ask_path("export_tables", None))
+        self.shot_btn.clicked.connect(lambda: self._ask_path("save_screenshot", "PNG (*.png)"))
+        for k, b in enumerate(
+            (self.load_cfg_btn, self.save_cfg_btn, self.export_btn, self.shot_btn)
+        ):
+            grid.addWidget(b, k // 2, k % 2)
+        lay.addWidget(g)
+
+        # 6. folder batch
+        g, f = self._section("6  Run on folder")
+        self.batch_in = QLineEdit()
+        self.batch_in.setPlaceholderText("folder of images")
+        self.batch_out = QLineEdit()
+        self.batch_out.setPlaceholderText("output folder")
+        self.batch_labels = QLineEdit()
+        self.batch_labels.setPlaceholderText("optional: folder of <image>_cells.tif")
+        for le, what in (
+            (self.batch_in, "input"),
+            (self.batch_out, "output"),
+            (self.batch_labels, "labels"),
+        ):
+            b = QPushButton("…")
+            b.setMaximumWidth(30)
+            b.clicked.connect(lambda _=False, le=le: self._ask_dir(le))
+            row = QHBoxLayout()
+            row.addWidget(le, 1)
+            row.addWidget(b)
+            f.addRow(f"{what}:", self._wrap(row))
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(1, 64)
+        f.addRow("workers:", self.workers_spin)
+        self.batch_btn = QPushButton("Run on folder")
+        self.batch_btn.clicked.connect(self.run_batch)
+        f.addRow(self.batch_btn)
+        lay.addWidget(g)
+        lay.addStretch(1)
+
+        # progress, status, cancel
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setVisible(False)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_btn)
+        outer.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        for combo in self.findChildren(QComboBox):
+            self._compact(combo)
+        # the dock must be at least as wide as the steps (no horizontal scrolling)
+        self._body, self._scroll = body, scroll
+        self._fit_width()
+        self._run_buttons = [
+            self.segment_btn,
+            self.estimate_btn,
+            self.measure_btn,
+            self.batch_btn,
+            self.load_cfg_btn,
+        ]
+        self.set_config(self._base)
+
+    def _section(self, title: str, layout_cls: Any = QFormLayout) -> tuple[Any, Any]:
+        """A collapsible step of the workflow and its layout (expanded)."""
+        from superqt import QCollapsible
+
+        box = QCollapsible(title)
+        box.setDuration(0)
+        content = QWidget()
+        layout = layout_cls(content)
+        layout.setContentsMargins(4, 0, 4, 4)
+        box.addWidget(content)
+        box.expand(animate=False)
+        self.sections[title.split()[0]] = box
+        return box, layout
+
+    def _fit_width(self) -> None:
+        """The dock is at least as wide as the steps (no horizontal scrolling)."""
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self.setMinimumWidth(max(self._body.minimumSizeHint().width() + bar + 8, 380))
+
+    @staticmethod
+    def _compact(combo: QComboBox) -> None:
+        """Let long layer names not widen the dock."""
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
+
+    @staticmethod
+    def _wrap(layout: Any) -> QWidget:
+        w = QWidget()
+        layout.setContentsMargins(0, 0, 0, 0)
+        w.setLayout(layout)
+        return w
+
+    def _ask_path(self, method: str, filt: str | None) -> None:
+        if method == "export_tables":
+            path = QFileDialog.getExistingDirectory(self, "Export tables to folder")
+        elif method == "load_config":
+            path, _ = QFileDialog.getOpenFileName(self, "Load assay config", "", filt or "")
+        else:
+            path, _ = QFileDialog.getSaveFileName(self, method.replace("_", " "), "", filt or "")
+        if path:
+            getattr(self, method)(path)
+
+    def _ask_dir(self, line: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose folder")
+        if path:
+            line.setText(path)
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemText(index) != FILE_ITEM:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Cellpose model file")
+        self.model_combo.setCurrentText(path or MODELS[0])
+
+    def _say(self, text: str, error: bool = False) -> None:
+        self.status.setText(text)
+        self.status.setStyleSheet("color: #e05555;" if error else "")
+        (log.warning if error else log.info)("%s", text)
+
+    # -------------------------------------------------------------------- channel sources --
+    def _image_layers(self) -> list[Any]:
+        from napari.layers import Image
+
+        return [
+            ly
+            for ly in self.viewer.layers
+            if isinstance(ly, Image) and not ly.rgb and META_KEY not in ly.metadata
+        ]
+
+    def _refresh_sources(self, event: Any = None) -> None:
+        """Rebuild the channel and labels dropdowns from the viewer's layers."""
+        from napari.layers import Labels
+
+        sources: list[ChannelSource] = []
+        for ly in self._image_layers():
+            names = ly.metadata.get("channel_names")
+            multi = ly.ndim >= 3 and (names is not None or ly.data.shape[0] <= 8)
+            sources.append(ChannelSource(ly.name, ly.name, ly.name, None))
+            if multi:
+                n = ly.data.shape[0]
+                for i in range(n):
+                    cname = (
+                        str(names[i]) if names is not None and i < len(names) else f"{ly.name}[{i}]"
+                    )
+                    sources.append(ChannelSource(f"{ly.name} [{i}: {cname}]", cname, ly.name, i))
+        self._sources = sources
+        combos = [self.nucleus_combo, self.cell_combo, self.exosome_combo] + [
+            r["channel"] for r in self._marker_rows
+        ]
+        for combo in combos:
+            self._fill_combo(combo, [s.label for s in sources])
+        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
+        self._fill_combo(self.cells_combo, labels, none=False)
+        self._fill_combo(self.nuclei_combo, labels)
+
+    @staticmethod
+    def _fill_combo(combo: QComboBox, items: list[str], none: bool = True) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        if none:
+            combo.addItem(NONE)
+        combo.addItems(items)
+        if current in items or (none and current == NONE):
+            combo.setCurrentText(current)
+        combo.blockSignals(False)
+
+    def _guess_roles(self) -> None:
+        for role, combo in (
+            ("nucleus", self.nucleus_combo),
+            ("cell", self.cell_combo),
+            ("exosome", self.exosome_combo),
+        ):
+            if combo.currentText() != NONE:
+                continue
+            for s in self._sources:
+                if s.index is None and re.search(ROLE_GUESSES[role], s.name, re.IGNORECASE):
+                    combo.setCurrentText(s.label)
+                    break
+
+    def _source(self, label: str) -> ChannelSource | None:
+        for s in self._sources:
+            if s.label == label:
+                return s
+        return None
+
+    def _find_source(self, ref: int | str | None) -> ChannelSource | None:
+        """Source for a config channel reference: a name, or an index into the channels."""
+        if ref is None:
+            return None
+        plain = self._channel_candidates()
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            i = int(ref)
+            return plain[i] if i < len(plain) else None
+        for s in self._sources:
+            if s.name.casefold() == str(ref).casefold() or s.label == ref:
+                return s
+        return None
+
+    def _channel_candidates(self) -> list[ChannelSource]:
+        """Channels in image order: the channels of a multichannel layer, else plain layers."""
+        multi = [s for s in self._sources if s.index is not None]
+        if multi:
+            first = multi[0].layer_name
+            return [s for s in multi if s.layer_name == first]
+        return [s for s in self._sources if s.index is None]
+
+    def _source_array(self, s: ChannelSource) -> np.ndarray:
+        data = np.asarray(self.viewer.layers[s.layer_name].data)
+        return data if s.index is None else data[s.index]
+
+    def add_marker_row(
+        self,
+        name: str = "",
+        channel: str | None = None,
+        kind: str = "other",
+        positivity: Any = None,
+    ) -> None:
+        """Add a marker (name, channel, kind) to section 1."""
+        row = QHBoxLayout()
+        name_edit = QLineEdit(name)
+        name_edit.setMaximumWidth(90)
+        name_edit.setPlaceholderText("name, e.g. cd31")
+        combo = QComboBox()
+        self._fill_combo(combo, [s.label for s in self._sources])
+        if channel is not None:
+            combo.setCurrentText(channel)
+        kind_combo = QComboBox()
+        kind_combo.addItems(KINDS)
+        self._compact(combo)
+        self._compact(kind_combo)
+        kind_combo.setCurrentText(kind)
+        remove = QPushButton("×")
+        remove.setMaximumWidth(24)
+        for w in (name_edit, combo, kind_combo, remove):
+            row.addWidget(w)
+        holder = self._wrap(row)
+        entry = {
+            "name": name_edit,
+            "channel": combo,
+            "kind": kind_combo,
+            "widget": holder,
+            "positivity": positivity,
+        }
+        remove.clicked.connect(lambda: self._remove_marker_row(entry))
+        self._marker_rows.append(entry)
+        self.markers_box.addWidget(holder)
+        QTimer.singleShot(0, self._fit_width)  # once the new row's size is known
+
+    def _remove_marker_row(self, entry: dict) -> None:
+        self._marker_rows.remove(entry)
+        entry["widget"].setParent(None)
+        entry["widget"].deleteLater()
+
+    # ----------------------------------------------------------------------------- config --
+    def set_config(self, config: AssayConfig) -> None:
+        """Show ``config`` in the controls (the widget keeps it as the base for hidden keys)."""
+        self._base = config
+        self._overrides.clear()
+        ch = config.channels
+        for combo, ref in (
+            (self.nucleus_combo, ch.nucleus),
+            (self.cell_combo, ch.cell),
+            (self.exosome_combo, ch.exosome),
+        ):
+            s = self._find_source(ref)
+            combo.setCurrentText(s.label if s is not None else NONE)
+        for entry in list(self._marker_rows):
+            self._remove_marker_row(entry)
+        for name, m in ch.markers.items():
+            s = self._find_source(m.channel)
+            self.add_marker_row(name, s.label if s else NONE, m.kind, m.positivity)
+        self.pixel_size_spin.setValue(config.pixel_size_um or 0.0)
+        sc = config.segmentation
+        self.model_combo.setCurrentText(sc.model)
+        self.mode_combo.setCurrentText(sc.mode)
+        self.diameter_spin.setValue(sc.diameter_px or 0.0)
+        self.device_combo.setCurrentText(sc.device if sc.device in DEVICES else "auto")
+        sp = config.spots
+        self.radius_spin.setValue(sp.radius_px)
+        auto = sp.threshold == "auto"
+        self.threshold_auto.setChecked(auto)
+        self.threshold_spin.setEnabled(not auto)
+        if not auto:
+            self.threshold_spin.setValue(float(sp.threshold))
+
+    def current_config(self) -> AssayConfig:
+        """The assay config the controls describe (the YAML ``exouptake analyze`` reads).
+
+        Raises
+        ------
+        ConfigError
+            When a control holds an invalid value (the message names the key).
+        """
+        from ..config import ConfigError
+
+        def ref(combo: QComboBox) -> str | None:
+            s = self._source(combo.currentText())
+            return None if s is None else s.name
+
+        markers: dict[str, Any] = {}
+        for entry in self._marker_rows:
+            name = entry["name"].text().strip()
+            src = ref(entry["channel"])
+            if not name and src is None:
+                continue
+            if not name or src is None:
+                raise ConfigError(f"marker row {name or '(unnamed)'!r}: give a name and a channel")
+            m: dict[str, Any] = {"channel": src, "kind": entry["kind"].currentText()}
+            rule = entry["positivity"]
+            if name in self._overrides:
+                base_rule = rule or self._base.positivity.markers
+                rule = base_rule.model_copy(
+                    update={"method": "fixed", "value": self._overrides[name]}
+                )
+            if rule is not None:
+                m["positivity"] = rule.model_dump(mode="json")
+            markers[name] = m
+        channels = {
+            "nucleus": ref(self.nucleus_combo),
+            "cell": ref(self.cell_combo),
+            "exosome": ref(self.exosome_combo),
+            "markers": markers,
+        }
+        seg = {
+            "model": self.model_combo.currentText().strip() or MODELS[0],
+            "mode": self.mode_combo.currentText(),
+            "diameter_px": self.diameter_spin.value() or None,
+            "device": self.device_combo.currentText(),
+        }
+        spots = {
+            "radius_px": self.radius_spin.value(),
+            "threshold": "auto" if self.threshold_auto.isChecked() else self.threshold_spin.value(),
+        }
+        positivity = self._base.positivity.model_dump(mode="json")
+        if "exo" in self._overrides:
+            positivity["exosome"] = {
+                **positivity["exosome"],
+                "method": "fixed",
+                "value": self._overrides["exo"],
+            }
+        data = self._base.to_dict()
+        data.update(
+            channels=channels,
+            segmentation={**data["segmentation"], **seg},
+            spots={**data["spots"], **spots},
+            positivity=positivity,
+            pixel_size_um=self.pixel_size_spin.value() or None,
+        )
+        from ..config import AssayConfig
+
+        return AssayConfig.from_dict(data)
+
+    def load_config(self, path: str | Path) -> AssayConfig:
+        """Load an assay YAML into the controls."""
+        from ..config import ConfigError, load_config
+
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            self._say(str(exc), error=True)
+            raise
+        self.set_config(cfg)
+        self._say(f"loaded {path}")
+        return cfg
+
+    def save_config(self, path: str | Path) -> Path:
+        """Save the current settings as the YAML ``exouptake analyze --config`` reads."""
+        from ..config import save_config
+
+        out = save_config(self.current_config(), path)
+        self._say(f"saved config to {out}")
+        return out
+
+    # ---------------------------------------------------------------------------- image --
+    def current_image(self) -> tuple[Any, Any]:
+        """The image the roles point at, as ``(ImageData, exosome layer)``.
+
+        The channels of the exosome layer's image go in, in layer order, named after their
+        layers, so the config's channel names and indices resolve as on the file: for a
+        multichannel layer its channels; else every layer of the same shape from the same file
+        (all same-shape layers when the file is unknown), plus the layers the roles name.
+        """
+        exo = self._source(self.exosome_combo.currentText())
+        if exo is None:
+            raise ValueError("pick the exosome channel in section 1 first")
+        ref_layer = self.viewer.layers[exo.layer_name]
+        src = _layer_source(ref_layer)
+        if exo.index is not None:
+            chosen = [
+                s for s in self._sources if s.layer_name == exo.layer_name and s.index is not None
+            ]
+        else:
+            shape = np.shape(ref_layer.data)
+            roles = {
+                c.currentText()
+                for c in [self.nucleus_combo, self.cell_combo, self.exosome_combo]
+                + [r["channel"] for r in self._marker_rows]
+            }
+            chosen = []
+            for s in self._sources:
+                layer = self.viewer.layers[s.layer_name]
+                if s.index is not None or np.shape(layer.data) != shape:
+                    continue
+                if s.label in roles or src is None or _layer_source(layer) == src:
+                    chosen.append(s)
+        px = ref_layer.metadata.get("pixel_size_um")
+        if px is None and not np.isclose(ref_layer.scale[-1], 1.0):
+            px = float(ref_layer.scale[-1])
+        image = image_from_sources(
+            [self._source_array(s) for s in chosen],
+            [s.name for s in chosen],
+            pixel_size_um=px,
+            source=src,
+        )
+        return image, ref_layer
+
+    def _geometry(self, layer: Any) -> dict[str, Any]:
+        """Spatial ndim, scale and translate of the image layer results are drawn over."""
+        exo = self._source(self.exosome_combo.currentText())
+        multichannel = exo is not None and exo.layer_name == layer.name and exo.index is not None
+        n = layer.ndim - (1 if multichannel else 0)
+        n = 3 if n >= 3 else 2
+        return {
+            "ndim": n,
+            "scale": tuple(layer.scale[-n:]),
+            "translate": tuple(layer.translate[-n:]),
+        }
+
+    # ----------------------------------------------------------------------------- jobs --
+    @property
+    def busy(self) -> bool:
+        """True while a segmentation, measurement, estimate or batch job runs."""
+        return self._job is not None
+
+    def _start(self, what: str, fn: Any, *args: Any, on_done: Any, **kwargs: Any) -> Job | None:
+        if self._job is not None:
+            self._say("another job is running: wait or press Cancel", error=True)
+            return None
+        for b in self._run_buttons:
+            b.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.progress.setVisible(True)
+        self.progress.setValue(0)
+        self._say(f"{what}…")
+
+        def returned(value: Any) -> None:
+            try:
+                on_done(value)
+            except Exception as exc:  # a bad result must not leave the widget locked
+                self._say(f"{what} failed: {exc}", error=True)
+
+        def errored(exc: BaseException) -> None:
+            job = self._job
+            if job is not None and job.cancelled:
+                self._say(f"{what} cancelled")
+            else:
+                self._say(f"{what} failed: {exc}", error=True)
+
+        try:
+            self._job = start_job(
+                fn,
+                *args,
+                on_progress=self._on_progress,
+                on_returned=returned,
+                on_errored=errored,
+                on_finished=self._finished,
+                **kwargs,
+            )
+        except Exception:
+            self._finished()
+            raise
+        return self._job
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        if fraction > 0 and self.progress.maximum() == 0:
+            self.progress.setRange(0, 100)  # leave the busy indicator once numbers arrive
+        self.progress.setValue(int(round(100 * fraction)))
+        if message:
+            self.status.setText(message)
+
+    def _finished(self) -> None:
+        self._job = None
+        for b in self._run_buttons:
+            b.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress.setVisible(False)
+        self.progress.setRange(0, 100)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check point."""
+        if self._job is not None:
+            self._job.cancel()
+            self._say("cancelling…")
+
+    def _prepare(self, task: str) -> tuple[Any, Any, AssayConfig] | None:
+        from ..config import ConfigError
+
+        try:
+            cfg = self.current_config()
+            image, layer = self.current_image()
+            cfg.check_roles(task)  # type: ignore[arg-type]
+            cfg.channels.resolve(image.channel_names)
+        except (ConfigError, ValueError) as exc:
+            self._say(str(exc), error=True)
+            return None
+        return image, layer, cfg
+
+    def _check_device(self, spec: str) -> None:
+        """Show which device ``spec`` resolves to (torch is imported in a worker)."""
+        self.device_label.setText("…")
+
+        def finished() -> None:
+            self._device_job = None
+
+        self._device_job = start_job(
+            _job_device,
+            spec,
+            on_returned=lambda d: self.device_label.setText(f"uses {d}"),
+            on_errored=lambda e: self.device_label.setText(f"unavailable: {e}"),
+            on_finished=finished,
+        )
+
+    @property
+    def idle(self) -> bool:
+        """True when no job of this widget (main, preview or device check) is running."""
+        return self._job is None and self._preview_job is None and self._device_job is None
+
+    def run_estimate_diameter(self) -> Job | None:
+        """Estimate the cell diameter with the model on a central crop (worker thread)."""
+        prep = self._prepare("segment")
+        if prep is None:
+            return None
+        image, _, cfg = prep
+
+        def done(d: float) -> None:
+            if np.isfinite(d):
+                self.diameter_spin.setValue(d)
+                self._say(f"estimated diameter {d:.1f} px")
+            else:
+                self._say("no objects found: the diameter could not be estimated", error=True)
+
+        return self._start("estimating diameter", _job_estimate, image, cfg, on_done=done)
+
+    def run_segmentation(self) -> Job | None:
+        """Segment the current image (worker thread); adds ``<image> cells`` Labels layers."""
+        prep = self._prepare("segment")
+        if prep is None:
+            return None
+        image, layer, cfg = prep
+        source_names = list(image.channel_names)
+
+        def done(seg: Any) -> None:
+            geo = self._geometry(layer)
+            meta = {
+                META_KEY: {
+                    "kind": "cells",
+                    "image": image.name,
+                    "computed_from": source_names,
+                    "image_layer": layer.name,
+                    "config": cfg.to_dict(),
+                    "device": seg.device,
+                    "model": seg.model_id,
+                }
+            }
+            cells = self._put_layer(
+                labels_layer_data(
+                    seg.cells,
+                    None,
+                    name=f"{image.name} cells",
+                    ndim=geo["ndim"],
+                    scale=geo["scale"],
+                    translate=geo["translate"],
+                    metadata=meta,
+                )
+            )
+            if seg.nuclei is not None:
+                nmeta = {META_KEY: {**meta[META_KEY], "kind": "nuclei"}}
+                nuc = self._put_layer(
+                    labels_layer_data(
+                        seg.nuclei,
+                        None,
+                        name=f"{image.name} nuclei",
+                        ndim=geo["ndim"],
+                        scale=geo["scale"],
+                        translate=geo["translate"],
+                        metadata=nmeta,
+                        opacity=0.3,
+                    )
+                )
+                self.nuclei_combo.setCurrentText(nuc.name)
+            self.cells_combo.setCurrentText(cells.name)
+            self.device_label.setText(f"used {seg.device}")
+            self._say(f"{seg.n_cells} cells on {seg.device} ({seg.model_id})")
+
+        return self._start("segmenting", _job_segment, image, cfg, on_done=done)
+
+    def run_measurement(self) -> Job | None:
+        """Detect puncta and measure every cell of the chosen labels (worker thread).
+
+        The labels layer gets the per-cell table as ``features``; a ``<image> puncta`` Points
+        layer gets the per-punctum table.
+        """
+        prep = self._prepare("quantify")
+        if prep is None:
+            return None
+        image, layer, cfg = prep
+        from napari.layers import Labels
+
+        cells_name = self.cells_combo.currentText()
+        if cells_name not in self.viewer.layers or not isinstance(
+            self.viewer.layers[cells_name], Labels
+        ):
+            self._say("no cell labels: segment first, or pick a Labels layer", error=True)
+            return None
+        cells_layer = self.viewer.layers[cells_name]
+        nuc_name = self.nuclei_combo.currentText()
+        nuclei = (
+            np.asarray(self.viewer.layers[nuc_name].data)
+            if nuc_name != NONE and nuc_name in self.viewer.layers
+            else None
+        )
+        labels = np.asarray(cells_layer.data)
+        source_names = list(image.channel_names)
+
+        def done(result: AnalysisResult) -> None:
+            self._show_result(result, cfg, cells_layer, layer, source_names)
+
+        return self._start(
+            "measuring", _job_analyze, image, cfg, labels, nuclei, image.name, on_done=done
+        )
+
+    def run_batch(self) -> Job | None:
+        """Run ``batch.run_analyze`` over the input folder with the current config."""
+        from ..config import ConfigError
+
+        src, out = self.batch_in.text().strip(), self.batch_out.text().strip()
+        if not src or not out:
+            self._say("give an input folder and an output folder", error=True)
+            return None
+        try:
+            cfg = self.current_config()
+        except ConfigError as exc:
+            self._say(str(exc), error=True)
+            return None
+        labels = self.batch_labels.text().strip() or None
+
+        def done(code: int) -> None:
+            msg = {0: "done", 1: "done; some images failed (failures.csv)"}.get(
+                code, f"exit {code}"
+            )
+            self._say(f"folder run {msg}: results in {out}", error=code != 0)
+
+        job = self._start(
+            f"running on {src}",
+            _job_batch,
+            [src],
+            cfg,
+            out,
+            self.workers_spin.value(),
+            labels,
+            on_done=done,
+        )
+        if job is not None:
+            self.progress.setRange(0, 0)  # busy indicator until the engine reports numbers
+        return job
+
+    # ---------------------------------------------------------------------------- layers --
+    def _put_layer(self, layer_data: tuple) -> Any:
+        """Add a layer, replacing one of the same name."""
+        data, kwargs, kind = layer_data
+        name = kwargs["name"]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(self.viewer.layers[name])
+        return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+
+    def _show_result(
+        self,
+        result: AnalysisResult,
+        cfg: AssayConfig,
+        cells_layer: Any,
+        image_layer: Any,
+        source_names: list[str],
+    ) -> None:
+        from ._layers import cells_features
+
+        geo = self._geometry(image_layer)
+        self._result, self._result_config = result, cfg
+        tie = {
+            "image": result.image,
+            "computed_from": source_names,
+            "image_layer": image_layer.name,
+            "config": cfg.to_dict(),
+            "thresholds": dict(result.thresholds),
+            "summary": dict(result.summary),
+        }
+        cells_layer.features = cells_features(result.cells)
+        meta = dict(cells_layer.metadata)
+        meta[META_KEY] = {**meta.get(META_KEY, {}), **tie, "kind": "cells", "measured": True}
+        cells_layer.metadata = meta
+        self._link_labels(cells_layer)
+        pmeta = {META_KEY: {**tie, "kind": "puncta", "labels_layer": cells_layer.name}}
+        self._points_layer = self._put_layer(
+            points_layer_data(
+                result.spots,
+                name=f"{result.image} puncta",
+                ndim=geo["ndim"],
+                radius_px=cfg.spots.radius_px,
+                scale=geo["scale"],
+                translate=geo["translate"],
+                metadata=pmeta,
+            )
+        )
+        cells_layer.visible = True  # show what was measured (and let clicks pick cells)
+        self.viewer.layers.selection.active = cells_layer
+        self.table.set_table(result.cells)
+        self._build_threshold_spins(result)
+        QTimer.singleShot(0, self._fit_width)
+        cols = [
+            c
+            for c in result.cells.columns
+            if c not in ("image", "condition") and result.cells[c].dtype.kind in "biuf"
+        ]
+        self._fill_combo(self.color_combo, cols)
+        n = len(result.cells)
+        pos = (
+            float(result.cells["exo_positive"].mean())
+            if n and "exo_positive" in result.cells
+            else 0
+        )
+        self._say(
+            f"{result.image}: {n} cells, {len(result.spots)} puncta, {100 * pos:.0f}% EV-positive"
+        )
+
+    def _link_labels(self, layer: Any) -> None:
+        if self._cells_layer is layer:
+            return
+        if self._cells_layer is not None:
+            try:
+                self._cells_layer.events.selected_label.disconnect(self._on_selected_label)
+                self._cells_layer.mouse_drag_callbacks.remove(self._on_label_click)
+            except (ValueError, TypeError, RuntimeError):
+                pass
+        self._cells_layer = layer
+        layer.events.selected_label.connect(self._on_selected_label)
+        layer.mouse_drag_callbacks.append(self._on_label_click)
+        layer.metadata = {**layer.metadata, "_exouptake_colormap": layer.colormap}
+
+    def _on_label_click(self, layer: Any, event: Any) -> None:
+        """Clicking a cell in the canvas (pan/zoom mode) picks it."""
+        if layer.mode != "pan_zoom":
+            return
+        value = layer.get_value(event.position, world=True)
+        if value:
+            layer.selected_label = int(value)
+
+    def _on_selected_label(self, event: Any = None) -> None:
+        if self._linking or self._cells_layer is None:
+            return
+        self.table.select_cell(int(self._cells_layer.selected_label))
+
+    def focus_cell(self, cell_id: int) -> None:
+        """Select ``cell_id`` in the labels layer and centre the camera on it."""
+        layer, result = self._cells_layer, self._result
+        if layer is None or result is None:
+            return
+        self._linking = True
+        try:
+            layer.selected_label = int(cell_id)
+        finally:
+            self._linking = False
+        row = result.cells.loc[result.cells["cell_id"] == cell_id]
+        if len(row):
+            cols = (
+                ["centroid_z", "centroid_y", "centroid_x"]
+                if layer.ndim == 3
+                else ["centroid_y", "centroid_x"]
+            )
+            pos = row[cols].to_numpy(dtype=float)[0]
+            world = np.asarray(layer.data_to_world(pos))
+            self._camera.center = (
+                tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
+            )
+        self.table.select_cell(int(cell_id))
+
+    # ------------------------------------------------------------------------- positivity --
+    def _build_threshold_spins(self, result: AnalysisResult) -> None:
+        while self.thresholds_form.rowCount():
+            self.thresholds_form.removeRow(0)
+        self._threshold_spins = {}
+        for key, value in result.thresholds.items():
+            spin = QDoubleSpinBox()
+            spin.setRange(-1e12, 1e12)
+            spin.setDecimals(4)
+            spin.setStepType(QDoubleSpinBox.AdaptiveDecimalStepType)
+            spin.setKeyboardTracking(False)
+            spin.setValue(float(value) if np.isfinite(value) else 0.0)
+            spin.valueChanged.connect(lambda v, k=key: self.set_threshold(k, v))
+            self._threshold_spins[key] = spin
+            self.thresholds_form.addRow(f"{key}:", spin)
+
+    def set_threshold(self, key: str, value: float) -> None:
+        """Fix the positivity threshold of ``key`` (``"exo"`` or a marker) and re-classify.
+
+        Uses :func:`napari_exouptake.pipeline.finalize` on the stored per-cell table: no
+        segmentation or puncta detection is redone.
+        """
+        if self._result is None:
+            return
+        from ..pipeline import finalize
+
+        self._overrides[key] = float(value)
+        try:
+            cfg = self.current_config()
+        except ValueError as exc:  # another control holds a bad value: say which
+            self._say(str(exc), error=True)
+            return
+        [new] = finalize([self._result], cfg)
+        self._result, self._result_config = new, cfg
+        from ._layers import cells_features
+
+        self._cells_layer.features = cells_features(new.cells)
+        meta = dict(self._cells_layer.metadata)
+        meta[META_KEY] = {
+            **meta.get(META_KEY, {}),
+            "thresholds": dict(new.thresholds),
+            "config": cfg.to_dict(),
+            "summary": dict(new.summary),
+        }
+        self._cells_layer.metadata = meta
+        for col in [c for c in new.cells.columns if c.endswith("_positive")]:
+            self.table.update_column(col, new.cells[col].to_numpy())
+        if self.color_combo.currentText().endswith("_positive"):
+            self.color_cells_by(self.color_combo.currentText())
+        n = len(new.cells)
+        col = "exo_positive" if key == "exo" else f"{key}_positive"
+        if n and col in new.cells:
+            self._say(f"{key} ≥ {value:g}: {100 * float(new.cells[col].mean()):.0f}% positive")
+
+    # ------------------------------------------------------------------------------ colour --
+    def color_cells_by(self, column: str) -> None:
+        """Colour the cells by a per-cell column (``"(none)"``: the labels' own colours)."""
+        layer, result = self._cells_layer, self._result
+        if layer is None or result is None:
+            return
+        if column in ("", NONE) or column not in result.cells.columns:
+            original = layer.metadata.get("_exouptake_colormap")
+            if original is not None:
+                layer.colormap = original
+            return
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colors = value_colors(result.cells["cell_id"].to_numpy(), result.cells[column].to_numpy())
+        layer.colormap = DirectLabelColormap(color_dict=colors)
+
+    # ----------------------------------------------------------------------------- export --
+    def export_tables(self, folder: str | Path) -> list[Path]:
+        """Write ``cells``/``spots`` tables (CSV and Parquet) to ``folder``."""
+        from ..io import write_table
+
+        if self._result is None:
+            raise ValueError("nothing to export: run 'Detect puncta and measure' first")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_table(self._result.cells, folder / "cells")
+        written += write_table(self._result.spots, folder / "spots")
+        self._say(f"wrote {', '.join(p.name for p in written)} to {folder}")
+        return written
+
+    def save_screenshot(self, path: str | Path, canvas_only: bool = True) -> Path:
+        """QC screenshot of the canvas (``viewer.screenshot``) as PNG."""
+        path = Path(path)
+        self.viewer.screenshot(str(path), canvas_only=canvas_only)
+        self._say(f"saved screenshot {path}")
+        return path
+
+    # ---------------------------------------------------------------------------- preview --
+    def _on_preview_toggled(self, on: bool) -> None:
+        if on:
+            self._schedule_preview()
+        elif "puncta preview" in self.viewer.layers:
+            self.viewer.layers.remove(self.viewer.layers["puncta preview"])
+
+    def _schedule_preview(self, *args: Any) -> None:
+        if self.preview_check.isChecked():
+            self._preview_timer.start()  # restarts: debounced
+
+    def visible_region(self, layer: Any) -> tuple[slice, ...]:
+        """Pixel slices of ``layer`` shown in the canvas (Y, X; the whole image if unknown)."""
+        shape = np.shape(layer.data)[-2:]
+        try:
+            corners = np.asarray(layer.corner_pixels)[:, -2:]
+        except Exception:  # pragma: no cover - older napari
+            corners = np.array([[0, 0], shape])
+        lo = np.clip(corners[0], 0, shape)
+        hi = np.clip(corners[1] + 1, 0, shape)
+        if np.any(hi - lo < 8):
+            lo, hi = np.zeros(2, int), np.asarray(shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+    def update_preview(self) -> Job | None:
+        """Detect puncta on the visible region of the exosome channel (worker thread)."""
+        if not self.preview_check.isChecked():
+            return None
+        if self._preview_job is not None:
+            self._preview_pending = True
+            return None
+        exo = self._source(self.exosome_combo.currentText())
+        if exo is None:
+            self._say("pick the exosome channel to preview puncta", error=True)
+            return None
+        try:
+            spots_cfg = self.current_config().spots
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        layer = self.viewer.layers[exo.layer_name]
+        data = self._source_array(exo)
+        if data.ndim == 3:  # the plane shown
+            z = int(self.viewer.dims.current_step[-3]) if self.viewer.dims.ndim >= 3 else 0
+            data = data[min(max(z, 0), data.shape[0] - 1)]
+        sl = self.visible_region(layer)
+        margin = int(np.ceil(8 * spots_cfg.radius_px))
+        sl = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n))
+            for s, n in zip(sl, data.shape, strict=True)
+        )
+        crop = np.asarray(data[sl], dtype=np.float32)
+        offset = tuple(s.start for s in sl)
+        geo = {"scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:])}
+
+        def done(df: Any) -> None:
+            self._put_layer(
+                points_layer_data(
+                    df,
+                    name="puncta preview",
+                    ndim=2,
+                    radius_px=spots_cfg.radius_px,
+                    metadata={META_KEY: {"kind": "preview", "image_layer": layer.name}},
+                    **geo,
+                )
+            )
+            self.viewer.layers.selection.active = layer
+            self.status.setText(f"preview: {len(df)} puncta in view")
+
+        def finished() -> None:
+            self._preview_job = None
+            if self._preview_pending:
+                self._preview_pending = False
+                self._schedule_preview()
+
+        self._preview_job = start_job(
+            _job_preview,
+            crop,
+            spots_cfg,
+            offset,
+            on_returned=done,
+            on_errored=lambda e: self._say(f"preview: {e}", error=True),
+            on_finished=finished,
+        )
+        return self._preview_job
+
+    # --------------------------------------------------------------------------- teardown --
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        if self._job is not None:
+            self._job.cancel()
+        super().closeEvent(event)
