@@ -1,0 +1,401 @@
+"""Batch runs: inputs, naming, sample sheets, resume, failures, stacks, executors, kill-resume.
+
+Every test uses the simulator's label images (``labels=``), so no Cellpose model runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_exouptake import batch
+from napari_exouptake.batch import (
+    BatchUsageError,
+    analysis_hash,
+    analyze_batch,
+    collect_inputs,
+    load_sample_sheet,
+    run_analyze,
+)
+from napari_exouptake.config import load_config, save_config
+
+TABLES = ("cells.csv", "spots.csv", "images.csv")
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory) -> Path:
+    """Six small simulated images (two per condition of three) with labels and a config."""
+    from napari_exouptake.simulate import write_dataset
+
+    root = tmp_path_factory.mktemp("sim")
+    write_dataset(root, n_images=6, seed=3, shape=(160, 160),
+                  conditions=("untreated", "dye_only", "ev_high"))
+    cfg = load_config(root / "config.yaml").to_dict()
+    cfg.pop("collagen", None)  # keeps the tests fast; collagen has its own tests
+    save_config(load_config(cfg), root / "config.yaml")
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(sim, tmp_path_factory) -> Path:
+    """An uninterrupted serial run over ``sim``."""
+    out = tmp_path_factory.mktemp("ref")
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                        progress=False)
+    assert res.exit_code == 0 and len(res.done) == 6
+    return out
+
+
+def assert_same_tables(a: Path, b: Path) -> None:
+    for name in TABLES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "cells.parquet"),
+                                  pd.read_parquet(b / "cells.parquet"))
+    la = sorted(p.name for p in (a / "labels").iterdir())
+    assert la == sorted(p.name for p in (b / "labels").iterdir())
+    for name in la:
+        assert (a / "labels" / name).read_bytes() == (b / "labels" / name).read_bytes()
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def test_collect_inputs_files_folders_globs(tmp_path):
+    for sub in ("plate1", "plate2"):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / "A01.ome.tif", np.zeros((4, 4), np.uint16))
+    tifffile.imwrite(tmp_path / "plate1" / "B02.tif", np.zeros((4, 4), np.uint16))
+    (tmp_path / "plate1" / "notes.txt").write_text("not an image")
+    files = collect_inputs([tmp_path])
+    assert [f.name for f in files] == ["B02", "plate1_A01", "plate2_A01"]
+    # a glob, a file and a folder naming the same files give each file once
+    files = collect_inputs([str(tmp_path / "plate*" / "*.tif"), tmp_path / "plate1"])
+    assert len(files) == 3
+    assert [f.name for f in collect_inputs([tmp_path / "plate1" / "A01.ome.tif"])] == ["A01"]
+    # the output folder is never an input
+    assert [f.name for f in collect_inputs([tmp_path], exclude=[tmp_path / "plate2"])] == [
+        "A01", "B02"]
+    with pytest.raises(FileNotFoundError, match="matches no image"):
+        collect_inputs([str(tmp_path / "*.png")])
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        collect_inputs([tmp_path / "missing.tif"])
+
+
+def test_sample_sheet_errors(tmp_path):
+    with pytest.raises(BatchUsageError, match="does not exist"):
+        load_sample_sheet(tmp_path / "none.csv")
+    (tmp_path / "a.csv").write_text("name,condition\nx,ctrl\n")
+    with pytest.raises(BatchUsageError, match="needs a column naming the images"):
+        load_sample_sheet(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("pattern,condition,dose\nx*,ctrl,high\n")
+    with pytest.raises(BatchUsageError, match="dose 'high' is not a number"):
+        load_sample_sheet(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text("image,condition,dose\nx,ctrl,1.5\n")
+    sheet = load_sample_sheet(tmp_path / "c.csv")
+    assert list(sheet.columns) == ["pattern", "condition", "dose"]
+    assert sheet["dose"].tolist() == [1.5]
+
+
+def test_sample_sheet_assigns_conditions(sim, tmp_path):
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        "pattern,condition,dose,replicate,well\n"
+        "ev_high_*,EV 50,50,1,A01\n"
+        "dye_only_001,dye,0,1,B01\n"
+    )
+    out = tmp_path / "out"
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                        sample_sheet=sheet, progress=False)
+    assert res.exit_code == 0
+    images = pd.read_csv(out / "images.csv").set_index("image")
+    assert images.loc["ev_high_002", "condition"] == "EV 50"
+    assert images.loc["ev_high_005", "dose"] == 50.0
+    assert images.loc["ev_high_005", "well"] == "A01"
+    assert images.loc["dye_only_001", "condition"] == "dye"
+    # no sheet row: the config's file-name patterns decide, sheet columns stay empty
+    assert images.loc["dye_only_004", "condition"] == "dye_only"
+    assert np.isnan(images.loc["untreated_000", "dose"])
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells.columns[:6]) == ["image", "condition", "dose", "replicate", "well",
+                                       "cell_id"]
+    assert set(cells.loc[cells["image"] == "ev_high_002", "condition"]) == {"EV 50"}
+
+
+# -- resume, config changes, failures ----------------------------------------------------------
+
+
+def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                        progress=False)
+    assert res.done == [] and len(res.skipped) == 6
+    assert_same_tables(reference, out)
+    manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 6 and {m["image"] for m in manifest} == set(res.skipped)
+
+    # a positivity change is applied when merging: nothing is re-analysed
+    cfg = load_config(sim / "config.yaml")
+    stricter = cfg.with_updates(positivity={"exosome": {"method": "fixed", "value": 5,
+                                                         "metric": "exo_spot_count"}})
+    assert analysis_hash(stricter) == analysis_hash(cfg)
+    res = analyze_batch(sim / "images", stricter, out, labels=sim / "labels", progress=False)
+    assert res.done == []
+    cells = pd.read_csv(out / "cells.csv")
+    assert (cells["exo_positive"] == (cells["exo_spot_count"] >= 5)).all()
+
+    # a detection change redoes every image (a threshold no punctum reaches: no puncta at all)
+    changed = cfg.with_updates(spots={"threshold": 1e9})
+    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
+    assert len(res.done) == 6 and res.skipped == []
+    assert len(pd.read_csv(out / "spots.csv")) == 0
+    assert (pd.read_csv(out / "cells.csv")["exo_spot_count"] == 0).all()
+
+    # a touched input file is redone, the others are reused
+    img = sim / "images" / "ev_high_002.ome.tif"
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 1_000_000_000))
+    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
+    assert res.done == ["ev_high_002"] and len(res.skipped) == 5
+
+
+def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    good = (images / "ev_high_002.ome.tif").read_bytes()
+    (images / "broken_007.ome.tif").write_bytes(good[: len(good) // 2])
+    (images / "garbage_008.tif").write_bytes(b"this is not a TIFF file at all" * 10)
+    out = tmp_path / "out"
+    code = run_analyze([images], sim / "config.yaml", out, labels=sim / "labels",
+                       progress=False)
+    assert code == 1
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["image"].tolist() == ["broken_007", "garbage_008"]
+    assert failures["path"].str.endswith(".tif").all()
+    assert failures["error"].str.contains("ImageReadError").all()
+    assert set(pd.read_csv(out / "images.csv")["image"]) == {
+        f.name.removesuffix(".ome.tif") for f in (sim / "images").iterdir()}
+    assert "broken_007: failed" in (out / "exouptake.log").read_text()
+
+    # the broken files removed: the rerun redoes nothing and failures.csv goes away
+    (images / "broken_007.ome.tif").unlink()
+    (images / "garbage_008.tif").unlink()
+    res = analyze_batch([images], sim / "config.yaml", out, labels=sim / "labels",
+                        progress=False)
+    assert res.exit_code == 0 and res.done == [] and not (out / "failures.csv").exists()
+
+
+def test_missing_labels_fail_that_image(sim, tmp_path):
+    labels = tmp_path / "labels"
+    shutil.copytree(sim / "labels", labels)
+    (labels / "untreated_000_cells.tif").unlink()
+    res = analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels,
+                        progress=False)
+    assert list(res.failed) == ["untreated_000"]
+    assert "no label image for 'untreated_000'" in res.failed["untreated_000"]
+
+
+def test_cli_usage_errors_exit_2(sim, tmp_path, capsys):
+    from napari_exouptake.cli import main
+
+    code = main(["analyze", str(tmp_path / "nothing_*.tif"), "--config",
+                 str(sim / "config.yaml"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "matches no image file" in capsys.readouterr().err
+    with pytest.raises(BatchUsageError, match="workers must be"):
+        analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "o", workers=0)
+
+
+# -- stacks ------------------------------------------------------------------------------------
+
+
+def _stack(sim: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A (T=2, C, Z=3, Y, X) OME-TIFF built from one simulated image, and its 2-D labels."""
+    from napari_exouptake.io import read_image
+
+    img = read_image(sim / "images" / "ev_high_002.ome.tif")
+    plane = img.data[:, 0].astype(np.float64)  # (C, Y, X)
+    rng = np.random.default_rng(0)
+    data = np.stack([
+        np.stack([plane * (1.0 + 0.2 * z + 0.1 * t) for z in range(3)], axis=1)
+        for t in range(2)
+    ])
+    data = np.clip(data + rng.normal(0, 3, data.shape), 0, 65535).astype(np.uint16)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    tifffile.imwrite(folder / "images" / "tz.ome.tif", data, ome=True,
+                     metadata={"axes": "TCZYX", "Channel": {"Name": list(img.channel_names)},
+                               "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325})
+    labels = tifffile.imread(sim / "labels" / "ev_high_002_cells.tif")
+    return data, labels
+
+
+def test_t_and_z_stack_per_plane(sim, tmp_path):
+    data, labels = _stack(sim, tmp_path)
+    tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", labels)  # 2-D: used on every plane
+    out = tmp_path / "out"
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
+                        labels=tmp_path / "labels", progress=False)
+    assert res.exit_code == 0
+    images = pd.read_csv(out / "images.csv")
+    assert images["image"].tolist() == [f"tz_t{t:03d}_z{z:03d}" for t in range(2)
+                                        for z in range(3)]
+    assert images["t"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert images["z"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert (images["source_image"] == "tz").all()
+    n_cells = len(np.unique(labels)) - 1
+    assert (images["n_cells"] == n_cells).all()
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 6 * n_cells
+    assert cells.groupby(["t", "z"]).size().tolist() == [n_cells] * 6
+    # brighter planes give brighter cells: each plane was measured on its own pixels
+    mean = cells.groupby(["t", "z"])["exo_mean_intensity"].mean()
+    assert mean[(0, 2)] > mean[(0, 1)] > mean[(0, 0)]
+    assert mean[(1, 0)] > mean[(0, 0)]
+    spots = pd.read_csv(out / "spots.csv")
+    assert set(spots["z"]) <= {0, 1, 2} and set(spots["t"]) == {0, 1}
+    assert (out / "labels" / "tz_t001_z002_cells.tif").is_file()
+
+
+def test_t_and_z_stack_as_volumes(sim, tmp_path):
+    data, labels = _stack(sim, tmp_path)
+    tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", np.stack([labels] * 3))  # (Z, Y, X)
+    out = tmp_path / "out"
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
+                        labels=tmp_path / "labels", progress=False)
+    assert res.exit_code == 0
+    images = pd.read_csv(out / "images.csv")
+    assert images["image"].tolist() == ["tz_t000", "tz_t001"]
+    assert images["t"].tolist() == [0, 1] and "z" not in images.columns
+    assert (images["n_cells"] == len(np.unique(labels)) - 1).all()
+    lab = tifffile.imread(out / "labels" / "tz_t001_cells.tif")
+    assert lab.shape == (3, *labels.shape)
+
+
+def test_multi_series_ome(sim, tmp_path):
+    from napari_exouptake.io import read_image
+
+    img = read_image(sim / "images" / "ev_high_002.ome.tif")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    with tifffile.TiffWriter(tmp_path / "images" / "plate.ome.tif", ome=True) as tw:
+        for k in range(2):  # the second series is 2x brighter
+            tw.write((img.data[:, 0] * (k + 1)).astype(np.uint16),
+                     metadata={"axes": "CYX", "Channel": {"Name": list(img.channel_names)},
+                               "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325})
+    shutil.copy(sim / "labels" / "ev_high_002_cells.tif", tmp_path / "labels" / "plate_cells.tif")
+    out = tmp_path / "out"
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
+                        labels=tmp_path / "labels", progress=False)
+    assert res.exit_code == 0
+    images = pd.read_csv(out / "images.csv")
+    assert images["image"].tolist() == ["plate_s00", "plate_s01"]
+    assert images["series"].tolist() == [0, 1]
+    cells = pd.read_csv(out / "cells.csv")
+    m = cells.groupby("series")["exo_mean_intensity"].mean()
+    assert m[1] == pytest.approx(2 * m[0], rel=1e-3)
+
+
+# -- executors and a real kill -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_executors_give_identical_tables(sim, reference, tmp_path):
+    out = tmp_path / "proc"
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                        workers=2, progress=False)
+    assert res.exit_code == 0 and len(res.done) == 6
+    assert_same_tables(reference, out)
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "dask"
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                        workers=2, scheduler="local", progress=False)
+    assert res.exit_code == 0 and len(res.done) == 6
+    assert_same_tables(reference, out)
+    assert "dask:local" in (out / "exouptake.log").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted_run(sim, reference, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "napari_exouptake.cli", "analyze", str(sim / "images"),
+           "--config", str(sim / "config.yaml"), "--out", str(out), "--labels",
+           str(sim / "labels")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        manifest = out / "manifest.jsonl"
+        while not (manifest.is_file() and manifest.read_text().count("\n") >= 1):
+            assert proc.poll() is None, "the run ended before its first image was recorded"
+            assert time.monotonic() < deadline, "no part written within 120 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    n_parts = len(list((out / "parts").glob("*/part.json")))
+    assert 1 <= n_parts < 6, n_parts
+    assert not (out / "cells.csv").exists()
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    log_text = (out / "exouptake.log").read_text()
+    assert f"{n_parts} image(s) already done" in log_text
+    assert_same_tables(reference, out)
+    assert not list((out / "parts").glob(".*"))  # no temporary folder left behind
+
+
+def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
+    """The batch side of `exouptake segment` (Cellpose replaced by the simulator's labels)."""
+    from napari_exouptake import segmentation
+    from napari_exouptake.batch import segment_batch
+
+    calls = []
+
+    def fake_segment(image, config, **kw):
+        calls.append(image.name)
+        cells = tifffile.imread(sim / "labels" / f"{image.name}_cells.tif")
+        nuclei = tifffile.imread(sim / "labels" / f"{image.name}_nuclei.tif")
+        return segmentation.Segmentation(cells=cells, nuclei=nuclei)
+
+    monkeypatch.setattr(segmentation, "segment", fake_segment)
+    monkeypatch.setattr(segmentation, "resolve_model", lambda name, major=None: None)
+    out = tmp_path / "seg"
+    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    assert res.exit_code == 0 and len(res.done) == 6 and len(calls) == 6
+    for name in res.done:
+        for kind in ("cells", "nuclei"):
+            np.testing.assert_array_equal(tifffile.imread(out / "labels" / f"{name}_{kind}.tif"),
+                                          tifffile.imread(sim / "labels" / f"{name}_{kind}.tif"))
+    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    assert res.done == [] and len(res.skipped) == 6 and len(calls) == 6
+    (out / "labels" / "ev_high_002_cells.tif").unlink()  # lost output is redone
+    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    assert res.done == ["ev_high_002"]
+
+
+def test_missing_model_is_a_usage_error(sim, tmp_path):
+    cfg = load_config(sim / "config.yaml").with_updates(
+        segmentation={"model": str(tmp_path / "no_such_model.pth")})
+    with pytest.raises(BatchUsageError, match="no_such_model"):
+        analyze_batch(sim / "images", cfg, tmp_path / "out", progress=False)
+
+
+def test_same_stem_in_one_folder(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((4, 4), np.uint16))
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    assert [f.name for f in collect_inputs([tmp_path])] == ["a_png", "a_tif"]
