@@ -326,3 +326,54 @@ def test_bundled_sample_data_and_hook():
         assert meta["scale"] == pytest.approx((0.325, 0.325))
         if kind == "image":
             assert meta["blending"] == "additive"
+
+
+def test_aggregate_fraction_grows_with_difficulty():
+    """Some clustered puncta at normal (10-25 % of puncta in aggregates), more at hard."""
+    frac = {}
+    for d in ("easy", "normal", "hard"):
+        s = simulate_image(21, condition="ev_high", difficulty=d, shape=(256, 256))
+        frac[d] = float((s.spots["cluster_id"] > 0).mean())
+        assert s.params["aggregate_fraction"] == pytest.approx(0.05 + 0.25 * difficulty_value(d))
+    assert frac["easy"] < frac["normal"] < frac["hard"], frac
+    assert 0.08 < frac["normal"] < 0.3 and 0.2 < frac["hard"] < 0.42, frac
+
+
+def test_true_mean_is_noise_free_cell_mean(sims):
+    """``<marker>_true_mean`` is the expected cell mean; the measured mean of the noisy image
+    agrees with it (Poisson noise averages out over a cell), not with the biological level
+    (multiplied by illumination)."""
+    s = sims["ev_high"]
+    tc = s.truth_cells
+    lab = s.cells.ravel().astype(np.int64)
+    area = np.bincount(lab)[1:]
+    for k, name in enumerate(("cd31", "col1")):
+        img = s.image[3 + k].ravel().astype(float)
+        meas = np.bincount(lab, weights=img)[1:] / area
+        true = tc[f"{name}_true_mean"].to_numpy()
+        assert np.corrcoef(meas, true)[0, 1] > 0.995
+        # a cell's mean differs from the truth by about the shot noise over the cell
+        assert np.median(np.abs(meas - true) / true) < 0.01
+        assert np.corrcoef(meas, tc[f"{name}_level"])[0, 1] < 0.99
+
+
+def test_spots_per_cell_override():
+    s = simulate_image(22, condition="ev_low", shape=(256, 256), spots_per_cell=30)
+    assert s.truth_cells["n_spots"].mean() == pytest.approx(30, rel=0.3)
+    with pytest.raises(ValueError, match="spots_per_cell"):
+        simulate_image(0, shape=(96, 96), spots_per_cell=-1)
+
+
+def test_normal_autofluorescence_smoother_than_hard():
+    """Punctum-scale texture of the autofluorescence (band-passed exosome channel inside cells
+    of a no-EV image) is well below a typical punctum at normal, comparable at hard."""
+    from napari_exouptake.spots import filter_image
+
+    out = {}
+    for d in ("normal", "hard"):
+        s = simulate_image(23, condition="untreated", difficulty=d, shape=(256, 256))
+        f = filter_image(s.image[2].astype(float))[s.cells > 0]
+        mad = 1.4826 * np.median(np.abs(f - np.median(f)))
+        amp = 0.9 * s.params["punctum_amplitude_median_e"]  # ADU at full illumination
+        out[d] = mad / amp
+    assert out["normal"] < 0.06 and out["hard"] > 1.5 * out["normal"], out

@@ -232,7 +232,11 @@ class SpotsConfig(_Frozen):
 
     radius_px: float = Field(1.8, gt=0)
     threshold: Threshold = "auto"
+    auto_method: Literal["snr", "fdr", "mad", "tiles"] = "snr"
+    fdr: float = Field(0.05, gt=0, lt=1)
     threshold_k: float = Field(5.0, gt=0)
+    max_width_factor: float | None = Field(1.5, gt=1)
+    min_relative_amplitude: float = Field(0.15, ge=0)
     background_radius_px: float | None = Field(None, gt=0)
     min_distance_px: float | None = Field(None, gt=0)
     cluster_estimate: bool = True
@@ -540,8 +544,13 @@ segmentation:
 
 spots:
   radius_px: 1.8          # expected punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma
-  threshold: auto         # auto (threshold_k x robust noise), or a number in filtered units
-  threshold_k: 5.0        # auto threshold in multiples of the robust noise sigma
+  threshold: auto         # auto, or a number (amplitude above local background, image units)
+  auto_method: snr        # snr (default) | fdr: false-discovery control from mirrored minima;
+                          # mad | tiles: threshold_k x robust (global | per-tile) noise sigma
+  fdr: 0.05               # accepted estimated false-discovery rate for snr/fdr
+  threshold_k: 5.0        # auto_method mad/tiles: threshold in multiples of the noise sigma
+  max_width_factor: 1.5   # reject peaks wider than this x the expected punctum (haze); null = off
+  min_relative_amplitude: 0.15  # reject peaks dimmer than this x the typical punctum; 0 = off
   background_radius_px: null  # local background window; null = derived from radius_px
   min_distance_px: null   # minimum distance between puncta; null = derived from radius_px
   cluster_estimate: true  # estimate puncta per bright aggregate from the typical single punctum

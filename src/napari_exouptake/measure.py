@@ -1,7 +1,11 @@
 """Per-cell measurement, spot-to-cell assignment, thresholds and positivity calls.
 
-Everything here is vectorised over cells and spots (``np.bincount`` on the flattened label
-image), for 2D ``(Y, X)`` and 3D ``(Z, Y, X)`` label images alike.
+Everything here is vectorised over cells and spots, for 2D ``(Y, X)`` and 3D ``(Z, Y, X)``
+label images alike. Per-cell sums use a run-length view of the labels (:class:`_Runs`): one
+pass finds the runs of equal label along each row, then every channel costs one sequential
+``np.add.reduceat`` over those runs, and areas and centroids are closed-form sums over runs;
+``np.bincount`` gathers runs into cells. 9-12x faster than ``regionprops_table`` for the same
+columns on a 2048 x 2048, 4-channel, ~1,000-cell image (benchmarks/quantify.py).
 
 Column definitions (see ``docs/quantification.md``):
 
@@ -58,7 +62,7 @@ def _check_labels(labels: Any, name: str) -> np.ndarray:
             arr = arr.astype(np.int64)
         else:
             raise ValueError(f"{name} must be an integer label image, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
+    if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
         raise ValueError(f"{name} has negative labels (min {arr.min()}); 0 is background")
     return arr
 
@@ -110,30 +114,107 @@ def _squeeze_like(arr: np.ndarray, ndim: int) -> np.ndarray:
     return arr
 
 
-def _ids_and_index(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """Compact label index of every pixel (0 = background, 1..N), original ids ``(N,)``, N and
-    the pixel count of each compact label ``(N + 1,)`` (one pass over the image when the labels
-    are not sparse)."""
-    flat = cells.ravel()
-    mx = int(flat.max()) if flat.size else 0
-    if mx <= 4 * flat.size + 1024:
-        flat = flat.astype(np.intp, copy=False)
-        counts = np.bincount(flat, minlength=mx + 1)
-        present = counts > 0
-        present[0] = False
-        ids = np.flatnonzero(present)
-        if ids.size == mx:  # already 1..N
-            return flat, ids, ids.size, counts
-        lut = np.zeros(mx + 1, dtype=np.intp)
-        lut[ids] = np.arange(1, ids.size + 1)
-        area = np.concatenate([[counts[0]], counts[ids]])
-        return lut[flat], ids, ids.size, area
-    ids, inv = np.unique(flat, return_inverse=True)
-    inv = inv.astype(np.intp)
-    if ids[0] != 0:
-        inv += 1
-        ids = np.concatenate([[0], ids])
-    return inv, ids[1:], ids.size - 1, np.bincount(inv, minlength=ids.size)
+class _Runs:
+    """Run-length view of a label image: maximal runs of equal label (and equal nucleus mask)
+    along the last axis, never crossing a row.
+
+    Per-cell sums become sums over runs (a few hundred thousand instead of millions of
+    pixels): one ``np.add.reduceat`` pass per channel, and closed-form coordinate sums.
+
+    Attributes
+    ----------
+    start : (R,) intp
+        Flat index of each run's first pixel (cell runs only; background runs dropped).
+    length : (R,) float64
+        Pixels per run.
+    cell : (R,) intp
+        Compact cell index of each run (1..N).
+    ids : (N,) int
+        Original label of each compact index.
+    nuclear : (R,) bool or None
+        Whether the run lies in the nucleus mask.
+    """
+
+    def __init__(self, lab: np.ndarray, nuc_mask: np.ndarray | None) -> None:
+        self.shape = lab.shape
+        flat = lab.ravel()
+        size = flat.size
+        width = lab.shape[-1]
+        change = np.empty(size, dtype=bool)
+        if size:
+            change[0] = True
+            np.not_equal(flat[1:], flat[:-1], out=change[1:])
+            change[::width] = True
+            if nuc_mask is not None:
+                change[1:] |= nuc_mask[1:] != nuc_mask[:-1]
+        start = np.flatnonzero(change)
+        del change
+        self._all_start = start
+        run_lab = flat[start]
+        fg = run_lab > 0
+        self.start = start[fg]
+        self.length = np.diff(np.append(start, size))[fg].astype(np.float64)
+        lab_fg = run_lab[fg]
+        self.ids = np.unique(lab_fg)
+        self.n = int(self.ids.size)
+        mx = int(self.ids[-1]) if self.n else 0
+        self._lut = None
+        if mx <= 4 * size + 1024:
+            self._lut = np.zeros(mx + 1, dtype=np.intp)
+            self._lut[self.ids] = np.arange(1, self.n + 1)
+        self.cell = self.compact(lab_fg)
+        self._fg = fg
+        self.nuclear = None if nuc_mask is None else nuc_mask[self.start]
+
+    def compact(self, labels: np.ndarray) -> np.ndarray:
+        """Compact index (0 = background, 1..N) of label values."""
+        labels = np.asarray(labels)
+        if self._lut is not None:
+            out = np.zeros(labels.shape, dtype=np.intp)
+            ok = (labels > 0) & (labels < self._lut.size)
+            out[ok] = self._lut[labels[ok]]
+            return out
+        pos = np.searchsorted(self.ids, labels)
+        pos = np.clip(pos, 0, max(self.n - 1, 0))
+        hit = (self.ids[pos] == labels) & (labels > 0) if self.n else np.zeros(labels.shape, bool)
+        return np.where(hit, pos + 1, 0).astype(np.intp)
+
+    def per_cell(self, run_values: np.ndarray, select: np.ndarray | None = None) -> np.ndarray:
+        """Sum of per-run values for each compact cell index, ``(N + 1,)`` float64."""
+        if select is None:
+            return np.bincount(self.cell, weights=run_values, minlength=self.n + 1)
+        return np.bincount(self.cell[select], weights=run_values[select], minlength=self.n + 1)
+
+    def coord_sum(self, axis: int) -> np.ndarray:
+        """Sum over each run of the pixel coordinate along ``axis`` (float64)."""
+        ndim = len(self.shape)
+        if axis == ndim - 1:
+            x0 = (self.start % self.shape[-1]).astype(np.float64)
+            return self.length * x0 + 0.5 * self.length * (self.length - 1.0)
+        stride = int(np.prod(self.shape[axis + 1:]))
+        c = (self.start // stride) % self.shape[axis]
+        return self.length * c
+
+    def sums(self, image: np.ndarray) -> np.ndarray:
+        """Sum of ``image`` over each cell run (float64), one sequential pass."""
+        flat = np.ascontiguousarray(image).ravel()
+        if flat.size == 0:
+            return np.zeros(0)
+        if flat.dtype.kind == "b":
+            flat = flat.view(np.uint8)
+        if flat.dtype.kind == "u" and flat.dtype.itemsize <= 2 and self.shape[-1] <= 65536:
+            acc = np.uint32  # a run is one row at most: <= 65536 x 65535 < 2**32
+        elif flat.dtype.kind in "iu":
+            acc = np.int64
+        else:
+            acc = np.float64
+        old = np.getbufsize()
+        try:
+            np.setbufsize(1 << 16)  # larger casting buffers: ~20 % faster on big images
+            tot = np.add.reduceat(flat, self._all_start, dtype=acc)
+        finally:
+            np.setbufsize(old)
+        return tot[self._fg].astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +367,8 @@ def measure_cells(
     if spots is not None and not isinstance(spots, pd.DataFrame):
         raise ValueError(f"spots must be a pandas DataFrame, got {type(spots).__name__}")
 
-    flat, ids, n, counts = _ids_and_index(lab)
+    runs = _Runs(lab, nuc_mask)
+    ids, n = runs.ids, runs.n
     axes = ("z", "y", "x") if ndim == 3 else ("y", "x")
     cols = _empty_columns(ndim, marker_names, pixel_size_um, z_step_um, nuclei is not None)
     if n == 0:
@@ -294,35 +376,27 @@ def measure_cells(
         return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
     m1 = n + 1
 
-    area = counts.astype(np.float64)
+    area = runs.per_cell(runs.length)
     out: dict[str, np.ndarray] = {"cell_id": ids.astype(np.int64), "area_px": area[1:]}
     if pixel_size_um is not None and ndim == 2:
         out["area_um2"] = area[1:] * pixel_size_um**2
     if pixel_size_um is not None and ndim == 3 and z_step_um is not None:
         out["volume_um3"] = area[1:] * pixel_size_um**2 * z_step_um
 
-    # centroids: per-axis coordinate sums via bincount on a broadcast coordinate (no loop
-    # over cells; a loop over the 2-3 axes)
-    cent = np.empty((ndim, n))
-    for a in range(ndim):
-        shape_a = [1] * ndim
-        shape_a[a] = lab.shape[a]
-        coord = np.broadcast_to(
-            np.arange(lab.shape[a], dtype=np.float64).reshape(shape_a), lab.shape
-        ).ravel()
-        cent[a] = np.bincount(flat, weights=coord, minlength=m1)[1:] / area[1:]
+    # centroids from the runs: every run lies on one image row, so its coordinate sums are
+    # closed-form (no per-pixel coordinate arrays)
     for a, name in enumerate(axes):
-        out[f"centroid_{name}"] = cent[a]
+        out[f"centroid_{name}"] = runs.per_cell(runs.coord_sum(a))[1:] / area[1:]
 
     # ---- exosome channel
-    exo_f = exo.ravel()
-    exo_sum = np.bincount(flat, weights=exo_f, minlength=m1)
+    exo_sum = runs.per_cell(runs.sums(exo))
     out["exo_mean_intensity"] = exo_sum[1:] / area[1:]
     if exo_background is None:
-        # median of the pixels outside every cell (a regular subsample of at most ~10^6)
-        step = max(1, flat.size // 1_000_000)
-        sub_lab = flat[::step]
-        sub = exo_f[::step][sub_lab == 0]
+        # median of the pixels outside every cell (a regular subsample of at most ~65,000
+        # pixels: the median's standard error is then ~0.5 % of the noise sigma)
+        step = max(1, lab.size // 65_536)
+        sub_lab = lab.ravel()[::step]
+        sub = exo.ravel()[::step][sub_lab == 0]
         exo_background = float(np.median(sub)) if sub.size else 0.0
     out["exo_excess_intensity"] = exo_sum[1:] - float(exo_background) * area[1:]
 
@@ -337,7 +411,7 @@ def measure_cells(
     else:
         ip, inside = _spot_pixels(spots, lab.shape)
         sp_cell = np.zeros(len(spots), dtype=np.intp)
-        sp_cell[inside] = flat[np.ravel_multi_index(tuple(ip[inside].T), lab.shape)]
+        sp_cell[inside] = runs.compact(lab[tuple(ip[inside].T)])
         sp_pos = spots[list(axes)].to_numpy(dtype=float)
         out["exo_spot_count"] = np.bincount(sp_cell, minlength=m1)[1:].astype(np.int64)
         est = spots["n_estimate"].to_numpy(float) if "n_estimate" in spots else np.ones(len(spots))
@@ -349,24 +423,21 @@ def measure_cells(
         pix = ip[inside][:, None, :] + off[None]
         ok = np.all((pix >= 0) & (pix < np.asarray(lab.shape)), axis=2)
         covered = np.unique(np.ravel_multi_index(tuple(pix[ok].T), lab.shape))
-        cov = np.bincount(flat[covered], minlength=m1).astype(np.float64)
+        cov = np.bincount(runs.compact(lab.ravel()[covered]), minlength=m1).astype(np.float64)
         out["exo_area_fraction"] = cov[1:] / area[1:]
 
     # ---- nuclei: perinuclear distance and nuclear / cytoplasmic compartments
     if nuc_mask is not None:
-        nflat = flat[nuc_mask]
-        n_area = np.bincount(nflat, minlength=m1).astype(np.float64)
+        rn = runs.nuclear
+        n_area = runs.per_cell(runs.length, rn)
         has_nuc = n_area[1:] > 0
         ncent = np.full((ndim, m1), np.nan)
-        coords_nuc = np.unravel_index(np.flatnonzero(nuc_mask), lab.shape)
         for a in range(ndim):
-            s = np.bincount(nflat, weights=coords_nuc[a].astype(np.float64), minlength=m1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                ncent[a] = s / n_area
-        del coords_nuc
+                ncent[a] = runs.per_cell(runs.coord_sum(a), rn) / n_area
         # mean distance of every cell pixel to its nuclear centroid (normaliser)
-        cell_px = np.flatnonzero(flat > 0)
-        cp_lab = flat[cell_px]
+        cell_px = np.flatnonzero(lab.ravel() > 0)
+        cp_lab = runs.compact(lab.ravel()[cell_px])
         cc = np.unravel_index(cell_px, lab.shape)
         d2 = np.zeros(cell_px.size)
         for a in range(ndim):
@@ -397,12 +468,12 @@ def measure_cells(
         cyto_area = area - n_area
 
     for name, img in markers.items():
-        f = img.ravel()
-        s = np.bincount(flat, weights=f, minlength=m1)
+        run_sum = runs.sums(img)
+        s = runs.per_cell(run_sum)
         out[f"{name}_mean_intensity"] = s[1:] / area[1:]
         out[f"{name}_integrated_intensity"] = s[1:]
         if nuc_mask is not None:
-            ns = np.bincount(nflat, weights=f[nuc_mask], minlength=m1)
+            ns = runs.per_cell(run_sum, runs.nuclear)
             with np.errstate(invalid="ignore", divide="ignore"):
                 nm = np.where(n_area > 0, ns / n_area, np.nan)
                 cm = np.where(cyto_area > 0, (s - ns) / cyto_area, np.nan)

@@ -10,8 +10,15 @@ with known answers, so it aims at images a microscopist would believe:
 * a membrane / cytoplasm channel ("CellMask") with per-cell brightness, thickness profile,
   texture and brighter cell-cell junctions;
 * an exosome channel ("PKH26") with diffraction-limited puncta (Gaussian PSF, sigma 1.0-1.6 px,
-  log-normal brightness), aggregates of 2-6 puncta within ~2-3 px, a few extracellular puncta,
-  perinuclear enrichment, and diffuse cytoplasmic autofluorescence;
+  log-normal brightness), a few extracellular puncta, perinuclear enrichment, and diffuse
+  cytoplasmic autofluorescence. Some puncta are sub-resolution aggregates of 2-6 EVs
+  (members jittered by ~1.1 px, below the optical resolution, so one aggregate is one optical
+  object; the truth keeps every EV for counting): 5 % of puncta at easy, 17.5 % at normal
+  ("some clustered puncta"), 30 % at hard. The autofluorescence has a medium-scale (4 px)
+  texture and a punctum-scale granular one whose amplitude grows as difficulty**1.5 (relative
+  amplitude 0.028 at normal: smooth-ish at punctum scale, as cytoplasmic flavin / NAD(P)H
+  autofluorescence is in healthy cultured cells; 0.08 at hard: lipofuscin-like granules as in
+  aged or stressed cells, punctum-sized and comparable to dim puncta);
 * marker channels (e.g. CD31, angiogenesis: junctional membrane pattern; COL1, collagen:
   perinuclear granules plus extracellular fibres) whose per-cell levels come from a negative and
   a positive population, the positive fraction depending on the condition;
@@ -72,9 +79,16 @@ _READ_NOISE_E = 2.2
 _OFFSET_ADU = 100.0
 #: z step (um) written to the metadata of 3D simulated stacks.
 _Z_STEP_UM = 1.0
-# Autofluorescence texture in the exosome channel: granular (2.5 px) and medium (4 px) scale.
+# Autofluorescence texture in the exosome channel: granular (2.5 px, punctum-sized) and medium
+# (4 px) scale. The granular part (lipofuscin-like granules) grows with difficulty as
+# _AF_GRAN * difficulty**1.5: nearly smooth at punctum scale at "normal" (relative amplitude
+# 0.028), as granular as before at "hard" (0.08).
 _AF_GRAN = 0.08
 _AF_MED = 0.10
+# Fraction of truth puncta that sit in sub-resolution aggregates: 5 % + 25 % x difficulty
+# (easy 5 %, normal 17.5 %, hard 30 %).
+_AGG_FRAC_EASY = 0.05
+_AGG_FRAC_SLOPE = 0.25
 
 
 @dataclass(frozen=True)
@@ -102,9 +116,14 @@ class SimulatedImage:
         punctum, otherwise the aggregate it belongs to).
     truth_cells : pandas.DataFrame
         One row per cell (including cells with 0 puncta): ``cell_id``, ``area_px``, ``n_spots``
-        (count of truth puncta with that ``cell_id``), and per marker ``<marker lower>_level``
-        (relative expression, negative population median ~0.12, positive ~1.0) and
-        ``<marker lower>_positive`` (bool, the population the cell was drawn from).
+        (count of truth puncta with that ``cell_id``; every EV of an aggregate counts), and per
+        marker ``<marker lower>_level`` (biological relative expression, negative population
+        median ~0.12, positive ~1.0), ``<marker lower>_positive`` (bool, the population the
+        cell was drawn from) and ``<marker lower>_true_mean`` (noise-free expected mean of
+        that channel over the cell's pixels in ADU, offset included: level x staining pattern
+        x illumination + autofluorescence, before Poisson and read noise; what
+        ``measure_cells``' ``<marker>_mean_intensity`` estimates. The level is only
+        recovered after flat-field correction).
     condition : str
         One of :data:`CONDITIONS`.
     difficulty : float
@@ -506,6 +525,7 @@ def simulate_image(
     cell_diameter_px: float = 36.0,
     markers: Sequence[str] = ("CD31", "COL1"),
     n_z: int = 1,
+    spots_per_cell: float | None = None,
 ) -> SimulatedImage:
     """Simulate one multi-channel EV-uptake assay image with exact ground truth.
 
@@ -534,6 +554,9 @@ def simulate_image(
     n_z : int
         Number of z planes; > 1 gives a (C, Z, Y, X) stack (1 um-ish steps, cells as flat slabs,
         puncta with a 3D Gaussian PSF) and 3D label images.
+    spots_per_cell : float, optional
+        Mean truth puncta per cell of average area (overrides the condition's uptake, e.g. to
+        build dense benchmark images). Default: the condition's value x (1 + 0.8 difficulty).
 
     Returns
     -------
@@ -549,6 +572,8 @@ def simulate_image(
         raise ValueError(f"cell_diameter_px {cell_diameter_px!r} must lie between 16 and 120")
     if not pixel_size_um or pixel_size_um <= 0:
         raise ValueError(f"pixel_size_um {pixel_size_um!r} must be a positive number")
+    if spots_per_cell is not None and not (0 <= float(spots_per_cell) <= 500):
+        raise ValueError(f"spots_per_cell {spots_per_cell!r} must lie between 0 and 500")
     n_z = int(n_z)
     if n_z < 1:
         raise ValueError(f"n_z {n_z!r} must be >= 1")
@@ -610,15 +635,23 @@ def simulate_image(
     # ---- PKH26: autofluorescence + puncta
     af_level = 40.0 + 360.0 * d**1.3  # electrons, cytoplasmic autofluorescence
     afc = pad(rng.lognormal(0.0, 0.25, n_cells))
-    gran = np.clip(1.0 + _AF_GRAN * _smooth_noise(rng, shape, 2.5) + _AF_MED * medium, 0.3, None)
+    gran = np.clip(
+        1.0 + _AF_GRAN * d**1.5 * _smooth_noise(rng, shape, 2.5) + _AF_MED * medium, 0.3, None
+    )
     autofl = af_level * afc[lab] * thick * gran * np.where(in_nuc, 0.6, 1.0)
     exo_bg = ndi.gaussian_filter(np.where(in_cell, autofl, 0.0), 1.2) + 20.0 + 30.0 * d
 
     amp_median = 560.0 - 380.0 * d  # electrons, peak of the median punctum
-    mean_per_cell = cp["spots_per_cell"] * (1.0 + 0.8 * d)
+    if spots_per_cell is None:
+        mean_per_cell = cp["spots_per_cell"] * (1.0 + 0.8 * d)
+    else:
+        mean_per_cell = float(spots_per_cell)
     if condition == "dye_only":
         amp_median *= 1.3  # dye micelles/aggregates are somewhat brighter than single EVs
-    p_agg = 0.12 + 0.13 * d
+    # fraction of puncta in aggregates f -> fraction of events that are aggregates (mean 4
+    # members): p * 4 / (1 - p + 4 p) = f  <=>  p = f / (4 - 3 f)
+    agg_frac = _AGG_FRAC_EASY + _AGG_FRAC_SLOPE * d
+    p_agg = agg_frac / (4.0 - 3.0 * agg_frac)
     spots = _make_spots(rng, cells, nuclei, n_cells, mean_per_cell, p_agg, amp_median, diameter)
 
     # ---- markers
@@ -668,6 +701,15 @@ def simulate_image(
             rng, n_z, [dapi, cellmask, exo_bg, *marker_imgs], 2, spots, cells, nuclei, illum
         )
 
+    # noise-free expected mean of every marker channel inside each truth cell, in ADU (offset +
+    # gain x illuminated expected electrons): what a per-cell mean measures, before noise
+    lab_out = cells_out.ravel().astype(np.int64)
+    area_out = np.maximum(np.bincount(lab_out, minlength=n_cells + 1)[1:], 1)
+    for k, name in enumerate(markers):
+        ch = expected[3 + k].ravel()
+        s_e = np.bincount(lab_out, weights=ch, minlength=n_cells + 1)[1:]
+        truth_marker[f"{name.lower()}_true_mean"] = _OFFSET_ADU + _GAIN_ADU_PER_E * s_e / area_out
+
     counts = rng.poisson(np.clip(expected, 0, None)).astype(np.float64)
     counts += rng.normal(0.0, _READ_NOISE_E, counts.shape)
     adu = np.clip(np.round(_OFFSET_ADU + _GAIN_ADU_PER_E * counts), 0, 65535).astype(np.uint16)
@@ -707,7 +749,8 @@ def simulate_image(
         "autofluorescence_e": float(af_level),
         "punctum_amplitude_median_e": float(amp_median),
         "mean_spots_per_cell_target": float(mean_per_cell),
-        "aggregate_fraction": float(p_agg),
+        "aggregate_event_fraction": float(p_agg),
+        "aggregate_fraction": float(agg_frac),
         "illumination_min": float(illum.min()),
         "gain_adu_per_e": _GAIN_ADU_PER_E,
         "read_noise_e": _READ_NOISE_E,
