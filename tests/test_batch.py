@@ -399,3 +399,23 @@ def test_same_stem_in_one_folder(tmp_path):
 
     iio.imwrite(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
     assert [f.name for f in collect_inputs([tmp_path])] == ["a_png", "a_tif"]
+
+
+def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_path):
+    out = tmp_path / "out"
+    seen: list[tuple[int, int, str]] = []
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False,
+        on_progress=lambda done, total, name: seen.append((done, total, name)),
+        cancel=lambda: len(seen) >= 2,
+    )
+    assert res.cancelled
+    assert [s[:2] for s in seen] == [(1, 6), (2, 6)]
+    assert len(res.done) == 2
+    cells = pd.read_csv(out / "cells.csv")
+    assert sorted(cells["image"].unique()) == sorted(res.done)
+    # a rerun resumes: the two finished images are reused, the tables equal an uninterrupted run
+    res2 = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
+                         progress=False)
+    assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
+    assert_same_tables(reference, out)

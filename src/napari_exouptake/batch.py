@@ -1027,6 +1027,7 @@ class BatchResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
     wall_s: float = 0.0
     tables: dict[str, Path] = field(default_factory=dict)
 
@@ -1094,6 +1095,8 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 def _run_tasks(
     tasks: list[_Task], out: Path, workers: int, scheduler: str | None, progress: bool,
     result: BatchResult, force: bool,
+    on_progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> None:
     manifest = {} if force else _read_manifest(out)
     todo = []
@@ -1132,6 +1135,14 @@ def _run_tasks(
                 result.failed[task.name] = outcome["error"]
             bar.set_postfix(failed=len(result.failed), refresh=False)
             bar.update(1)
+            if on_progress is not None:
+                on_progress(len(result.done) + len(result.failed), len(todo), task.name)
+            if cancel is not None and cancel():
+                # leaving the loop closes the executor generator: images not started are
+                # dropped, finished parts are kept and merged (a rerun resumes from them)
+                result.cancelled = True
+                log.warning("cancelled after %d of %d image(s)", bar.n, len(todo))
+                break
 
 
 def _write_failures(out: Path, result: BatchResult) -> None:
@@ -1160,6 +1171,8 @@ def analyze_batch(
     overlays: bool = True,
     progress: bool = True,
     force: bool = False,
+    on_progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Analyse many images into ``out``, resumably, then merge the run-level tables.
 
@@ -1191,6 +1204,11 @@ def analyze_batch(
         Show a progress bar with ETA on stderr.
     force : bool
         Redo every image even when its part is up to date.
+    on_progress : callable(done: int, total: int, image: str), optional
+        Called after each image finishes (for a GUI progress bar).
+    cancel : callable() -> bool, optional
+        Checked after each image; when True, images not started are dropped, finished ones
+        are kept and merged, and ``BatchResult.cancelled`` is set (a rerun resumes).
 
     Returns
     -------
@@ -1219,9 +1237,12 @@ def analyze_batch(
                   str(Path(labels).resolve()) if labels is not None else None, z_mode, overlays)
             for f in files
         ]
-        _run_tasks(tasks, out, workers, scheduler, progress, result, force)
+        _run_tasks(tasks, out, workers, scheduler, progress, result, force,
+                   on_progress=on_progress, cancel=cancel)
         _write_failures(out, result)
-        ok = [f.name for f in files if f.name not in result.failed]
+        finished = set(result.done) | set(result.skipped)
+        ok = [f.name for f in files if f.name not in result.failed
+              and (not result.cancelled or f.name in finished)]
         result.tables = merge_parts(out, ok, config, sample_sheet=sheet, extra_run_info={
             "batch": {"inputs": len(files), "failed": sorted(result.failed),
                       "sample_sheet": str(sample_sheet) if isinstance(sample_sheet, (str, Path))
