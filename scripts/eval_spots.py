@@ -3,6 +3,7 @@
 Usage::
 
     python scripts/eval_spots.py [--seeds 601 602 603 604] [--png DIR] [--detect '{"k": v}']
+    python scripts/eval_spots.py --seeds 601 602 603 604 --detect '{"split_merged": true}'
 
 Prints, per difficulty (normal, hard; conditions ev_high / ev_low alternate over the seeds):
 punctum precision / recall / F1 (one-to-one within 2 px, :func:`match_spots`), the false

@@ -76,7 +76,7 @@ SPOT_COLUMNS = (
 _MAD_TO_SIGMA = 1.4826
 #: SpotsConfig fields passed on when the config has them (newer settings)
 _OPTIONAL_CFG = ("auto_method", "fdr", "max_width_factor", "min_relative_amplitude",
-                 "reference_intensity")
+                 "reference_intensity", "split_merged")
 #: a bright punctum is split into members only when its fitted sigma exceeds this factor x the
 #: median sigma of single puncta (aggregates are wider than the PSF; bright singles are not;
 #: 1.15 before, 1.0 places more members: F1 +0.004 normal / +0.02 hard, beads -0.008)
@@ -90,6 +90,18 @@ _WIDE_MIN_N = 1.0
 #: puncta from 1.7 references on (single-punctum brightness is log-normal: plain rounding
 #: counts the brightest ~18 % of singles twice)
 _ROUND_OFFSET = 0.2
+#: multi-emitter splitting (2D): at most this many Gaussians per detection
+_MAX_K = 3
+#: Levenberg-Marquardt iterations per fit
+_LM_ITER = 20
+#: a component is added when the RSS drops by more than 3 x this x the residual variance
+_SPLIT_PENALTY = 10.0
+#: model-mismatch floor of the residual sigma, fraction of the brightest component's amplitude
+_MODEL_TOL = 0.1
+#: every resolved component's amplitude is at least this many detection thresholds
+_SPLIT_MIN_SNR = 2.0
+#: resolved components are at least this many PSF sigmas apart
+_MIN_SEP = 1.5
 #: the FDR threshold never goes below this many robust noise sigmas of the band-passed image
 _FDR_FLOOR_K = 2.0
 #: rounds of the ring-correction fixed point in the decoy FDR threshold
@@ -542,6 +554,7 @@ def detect_spots(
     fdr: float = 0.05,
     max_width_factor: float | None = 1.5,
     min_relative_amplitude: float = 0.15,
+    split_merged: bool = False,
 ) -> pd.DataFrame:
     """Detect puncta and measure their background-corrected intensity.
 
@@ -596,6 +609,14 @@ def detect_spots(
     min_relative_amplitude : float, default 0.15
         Detections whose band-passed peak is below this fraction of the median detection's
         are dropped (dim out-of-focus or unbound-dye specks). 0: no test.
+    split_merged : bool, default False
+        2D: fit each detection with 1-3 Gaussians of a common free width and keep the
+        components that the fit justifies (residual test, each above 2 x the threshold, at
+        least 1.5 PSF sigmas apart, each nearer its own detection than any other): puncta
+        2-4 px apart that merged into one peak come out as separate rows with
+        ``detected = True``. Opt-in: on the simulator it gains +0.01 F1 at normal, loses
+        0.002-0.004 at hard and 0.008 on the real beads, and makes detection ~10x slower
+        (0.06 -> 0.6-0.7 s on a dense 512 x 512 image). Ignored for 3D images.
 
     Returns
     -------
@@ -661,6 +682,7 @@ def detect_spots(
             raise ValueError(f"min_distance_px must be > 0, got {min_distance_px}")
         min_dist = float(min_distance_px) * radius / radius[-1]
     thr_used: float | np.ndarray = thr
+    snr_thr: float | None = None
     nmap = None
     peaks_pre = None
     method = "tiles" if local_noise else auto_method
@@ -688,6 +710,7 @@ def detect_spots(
                 maxima, smax, minima, smin, fdr, _FDR_FLOOR_K, *ring
             )
             pick = smax > t_snr
+            snr_thr = float(t_snr)
             thr = float(t_snr * np.median(nmap[tuple(maxima[pick].T)])) if pick.any() else thr
         else:
             pick = vmax > thr
@@ -776,6 +799,36 @@ def detect_spots(
         intensity = _disc_intensity(img, peaks, bg, int_radius)
         if reference_intensity is None:
             ref = _reference(intensity, sigma_px)
+    if split_merged and ndim == 2 and len(peaks):
+        if snr_thr is not None:
+            thr_peak = snr_thr * peak_noise
+        elif method == "tiles" and fixed is None:
+            thr_peak = threshold_k * peak_noise
+        else:
+            thr_peak = np.full(len(peaks), float(thr))
+        s_typ = float(np.nanmedian(sigma_px)) if np.isfinite(sigma_px).any() else float(
+            p["psf"][-1])
+        k_sel, comps, s_fit = _split_merged(img, peaks, coords, bg, amplitude, thr_peak, s_typ)
+        if np.any(k_sel > 1):
+            src = np.repeat(np.arange(len(peaks)), k_sel)
+            member = np.arange(comps.shape[1])[None, :] < k_sel[:, None]
+            cmp = comps[member]  # (M, 3) in source order
+            multi = (k_sel > 1)[src]
+            share = np.ones(src.size)
+            tot = np.bincount(src, weights=cmp[:, 0], minlength=len(peaks))
+            share[multi] = cmp[multi, 0] / tot[src[multi]]
+            new_coords = np.where(multi[:, None], cmp[:, 1:], coords[src])
+            intensity = intensity[src] * share
+            amplitude = np.where(multi, cmp[:, 0], amplitude[src])
+            height = np.where(multi, cmp[:, 0] * p["g1_gain"], height[src])
+            sigma_px = np.where(multi, s_fit[src], sigma_px[src])
+            peak_resp = np.where(multi, cmp[:, 0], peak_resp[src])
+            bg, peak_noise = bg[src], peak_noise[src]
+            coords = new_coords
+            lim = np.asarray(img.shape) - 1
+            peaks = np.clip(np.rint(coords), 0, lim).astype(peaks.dtype)
+            logger.debug("%d merged detection(s) split into %d puncta",
+                         int((k_sel > 1).sum()), int(k_sel[k_sel > 1].sum()))
     n = len(peaks)
     if cluster_estimate and np.isfinite(ref):
         n_est = np.maximum(1.0, np.floor(intensity / ref + 0.5 - _ROUND_OFFSET))
@@ -818,6 +871,195 @@ def detect_spots(
         "intensity %.4g)", n, float(n_est.sum()), thr, noise, ref,
     )
     return df
+
+
+def _gauss_model(
+    theta: np.ndarray, grid: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of ``k`` isotropic 2D Gaussians of one common width plus a constant, and its
+    Jacobian.
+
+    ``theta`` ``(B, 2 + 3k)``: offset ``c``, ``log(sigma)``, then ``(a, y, x)`` per component;
+    ``grid`` ``(N, 2)`` pixel offsets. Returns the model ``(B, N)`` and Jacobian ``(B, N, P)``.
+    """
+    c = theta[:, 0:1]
+    s = np.exp(theta[:, 1:2])
+    comp = theta[:, 2:].reshape(-1, k, 3)
+    dy = grid[None, None, :, 0] - comp[:, :, 1:2]
+    dx = grid[None, None, :, 1] - comp[:, :, 2:3]
+    r2 = dy**2 + dx**2
+    s2 = (s**2)[:, :, None]
+    g = np.exp(-0.5 * r2 / s2)
+    ag = comp[:, :, 0:1] * g
+    model = c + ag.sum(axis=1)
+    jac = np.empty(theta.shape + (grid.shape[0],))
+    jac[:, 0] = 1.0
+    jac[:, 1] = (ag * r2 / s2).sum(axis=1)
+    jc = jac[:, 2:].reshape(-1, k, 3, grid.shape[0])
+    jc[:, :, 0] = g
+    jc[:, :, 1] = ag * dy / s2
+    jc[:, :, 2] = ag * dx / s2
+    return model, np.swapaxes(jac, 1, 2)  # (B, N), (B, N, P)
+
+
+def _lm_fit(
+    theta: np.ndarray, data: np.ndarray, grid: np.ndarray, k: int, n_iter: int,
+    s_bounds: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched Levenberg-Marquardt least squares of :func:`_gauss_model` to ``data``
+    ``(B, N)``; the width is kept within ``s_bounds`` px. Returns the parameters, the residual
+    sum of squares ``(B,)`` and the residuals ``(B, N)``."""
+    lam = np.full(theta.shape[0], 1e-2)
+    model, jac = _gauss_model(theta, grid, k)
+    res = data - model
+    rss = (res**2).sum(axis=1)
+    P = theta.shape[1]
+    eye = np.eye(P)
+    for _ in range(n_iter):
+        jtj = np.einsum("bnp,bnq->bpq", jac, jac)
+        jtr = np.einsum("bnp,bn->bp", jac, res)
+        diag = np.einsum("bpp->bp", jtj)
+        a = jtj + lam[:, None, None] * (diag[:, :, None] * eye + 1e-9 * eye)
+        try:
+            step = np.linalg.solve(a, jtr[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            break
+        new = theta + step
+        new[:, 1] = np.clip(new[:, 1], np.log(s_bounds[0]), np.log(s_bounds[1]))
+        m2, j2 = _gauss_model(new, grid, k)
+        r2 = data - m2
+        rss2 = (r2**2).sum(axis=1)
+        better = rss2 < rss
+        theta = np.where(better[:, None], new, theta)
+        res = np.where(better[:, None], r2, res)
+        jac = np.where(better[:, None, None], j2, jac)
+        rss = np.where(better, rss2, rss)
+        lam = np.where(better, lam * 0.3, lam * 10.0)
+    return theta, rss, res
+
+def _split_merged(
+    img: np.ndarray,
+    peaks: np.ndarray,
+    coords: np.ndarray,
+    bg: np.ndarray,
+    amp: np.ndarray,
+    thr_amp: np.ndarray,
+    s_typ: float,
+    max_k: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model-based splitting of merged puncta (2D).
+
+    Every detection's window (``+-ceil(3 sigma)`` px) of the raw image, minus its local
+    background and minus the other detections (Gaussians of their fitted amplitude), is fitted
+    by ``1 .. max_k`` Gaussians of one common, free width (batched Levenberg-Marquardt over all
+    windows). ``k`` components replace ``k - 1`` when the residual sum of squares falls by more
+    than ``_SPLIT_PENALTY`` (per added component) times the residual variance (an F-test-like
+    nested-model test; the variance has a floor of ``(_MODEL_TOL x amplitude)^2`` for model
+    mismatch) and every component is itself above the detection threshold ``thr_amp``, lies in
+    the window's core and is at least ``_MIN_SEP x sigma`` from the others (closer members
+    are not resolvable: the cluster estimate counts them).
+
+    Returns the chosen number of components ``(N,)``, the components ``(N, max_k, 3)``
+    (amplitude, y, x in image coordinates; unused entries NaN) and the fitted width ``(N,)``.
+    """
+    max_k = _MAX_K if max_k is None else int(max_k)
+    n = len(peaks)
+    half = int(np.ceil(3.0 * s_typ))
+    gy, gx = np.mgrid[-half:half + 1, -half:half + 1]
+    grid = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+    ng = grid.shape[0]
+    k_sel = np.ones(n, dtype=int)
+    comps = np.full((n, max_k, 3), np.nan)
+    comps[:, 0, 0] = amp
+    comps[:, 0, 1:] = coords
+    s_fit = np.full(n, np.nan)
+    shape = np.asarray(img.shape)
+    inside = np.all((peaks >= half) & (peaks < shape - half), axis=1)
+    idx = np.flatnonzero(inside & (amp > 0))
+    if idx.size == 0:
+        return k_sel, comps, s_fit
+    from scipy.spatial import cKDTree
+
+    vals, _, _ = _gather(img, peaks[idx], grid.astype(np.intp))
+    data = vals.astype(np.float64) - bg[idx, None]
+    # subtract the neighbours' single-Gaussian models
+    reach = half * np.sqrt(2.0) + 3.0 * s_typ
+    pairs = cKDTree(coords[idx]).query_pairs(reach, output_type="ndarray")
+    if len(pairs):
+        pi = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        pj = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        rel = coords[idx][pj] - peaks[idx][pi]
+        d2 = ((grid[None, :, :] - rel[:, None, :]) ** 2).sum(axis=2)
+        contrib = amp[idx][pj, None] * np.exp(-0.5 * d2 / s_typ**2)
+        np.add.at(data, pi, -contrib)
+    bounds = (0.7 * s_typ, 1.5 * s_typ)
+    theta = np.zeros((idx.size, 5))
+    theta[:, 1] = np.log(s_typ)
+    theta[:, 2] = amp[idx]
+    theta[:, 3:5] = coords[idx] - peaks[idx]
+    theta, rss, res = _lm_fit(theta, data, grid, 1, _LM_ITER, bounds)
+    core = (grid**2).sum(axis=1) <= (half - 1) ** 2
+    tree = cKDTree(coords)
+    best = {1: theta}
+    best_rss = rss
+    active = np.ones(idx.size, dtype=bool)
+    chosen = np.ones(idx.size, dtype=int)
+    thr_i = thr_amp[idx]
+    for k in range(2, max_k + 1):
+        sub = np.flatnonzero(active)
+        if sub.size == 0:
+            break
+        prev = best[k - 1][sub]
+        r = np.where(core[None, :], res[sub], -np.inf)
+        j = np.argmax(r, axis=1)
+        new = np.concatenate(
+            [prev, np.stack([np.maximum(r[np.arange(sub.size), j], 1e-3),
+                             grid[j, 0], grid[j, 1]], axis=1)], axis=1)
+        th_k, rss_k, res_k = _lm_fit(new, data[sub], grid, k, _LM_ITER, bounds)
+        comp = th_k[:, 2:].reshape(-1, k, 3)
+        p_k = 2 + 3 * k
+        a_max = np.abs(comp[:, :, 0]).max(axis=1)
+        var = np.maximum(rss_k / (ng - p_k), (_MODEL_TOL * a_max) ** 2)
+        gain = (best_rss[sub] - rss_k) / np.maximum(var, 1e-300)
+        pos = comp[:, :, 1:]
+        dist = np.sqrt(((pos[:, :, None, :] - pos[:, None, :, :]) ** 2).sum(axis=3))
+        dist[:, np.arange(k), np.arange(k)] = np.inf
+        s_k = np.exp(th_k[:, 1])
+        # every component must lie nearer its own detection than any other detection (else
+        # it is the neighbour's light, badly subtracted)
+        absp = pos + peaks[idx[sub]][:, None, :]
+        _, owner = tree.query(absp.reshape(-1, 2))
+        own = (owner.reshape(-1, k) == idx[sub][:, None]).all(axis=1)
+        ok = own & (
+            (gain > _SPLIT_PENALTY * 3.0)
+            & (comp[:, :, 0] >= _SPLIT_MIN_SNR * thr_i[sub, None]).all(axis=1)
+            & ((pos**2).sum(axis=2) <= (half - 1) ** 2).all(axis=1)
+            & (dist.min(axis=(1, 2)) >= _MIN_SEP * s_k)
+        )
+        acc = sub[ok]
+        chosen[acc] = k
+        full = np.full((idx.size, 2 + 3 * k), np.nan)
+        full[acc] = th_k[ok]
+        best[k] = full
+        best_rss = best_rss.copy()
+        best_rss[acc] = rss_k[ok]
+        res = res.copy() if res.shape[0] == idx.size else res
+        res[acc] = res_k[ok]
+        active = np.zeros(idx.size, dtype=bool)
+        active[acc] = True
+    for k in range(1, max_k + 1):
+        sel = np.flatnonzero(chosen == k)
+        if sel.size == 0 or k == 1:
+            if k == 1 and sel.size:
+                s_fit[idx[sel]] = np.exp(best[1][sel, 1])
+            continue
+        th = best[k][sel]
+        comp = th[:, 2:].reshape(-1, k, 3)
+        comp[:, :, 1:] += peaks[idx[sel]][:, None, :]
+        comps[idx[sel], :k] = comp
+        s_fit[idx[sel]] = np.exp(th[:, 1])
+    k_sel[idx] = chosen
+    return k_sel, comps, s_fit
 
 
 def _reference(intensity: np.ndarray, sigma_px: np.ndarray) -> float:
