@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channels", default="cell,nucleus", help="roles or indices, e.g. 1,0")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--learning-rate", type=float, default=0.1)
+    t.add_argument("--learning-rate", type=float, default=0.005, help="AdamW peak rate")
     t.add_argument("--from-model", help="start from this model (fine-tuning)")
 
     v = sub.add_parser("validate", help="accuracy of a run against ground truth")
@@ -114,8 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exouptake`` console script; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet = args.command == "demo"  # the demo prints its own progress and summary
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose or not quiet
+        else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     if args.command is None:
@@ -124,10 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .io import ImageReadError
 
+    user_errors: tuple[type[BaseException], ...] = (
+        UsageError,
+        ConfigError,
+        ImageReadError,
+        FileNotFoundError,
+    )
+    if args.command in ("segment", "analyze", "train", "demo"):
+        from .segmentation import ModelNotAvailableError
+
+        user_errors += (ModelNotAvailableError,)
     handler = globals()[f"_cmd_{args.command}"]
     try:
         return int(handler(args) or 0)
-    except (UsageError, ConfigError, ImageReadError, FileNotFoundError) as exc:
+    except user_errors as exc:
         print(f"exouptake {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
