@@ -28,11 +28,27 @@ from pathlib import Path
 def _run(data: Path, config: Path, out: Path, extra: list[str]) -> float:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "napari_exouptake.cli", "analyze", str(data / "images"),
-           "--config", str(config), "--out", str(out),
-           "--labels", str(data / "labels"), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_exouptake.cli",
+        "analyze",
+        str(data / "images"),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--labels",
+        str(data / "labels"),
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": "1",
+    }
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -53,8 +69,10 @@ def _cpu(out: Path) -> tuple[float, float]:
 
 
 def _same(a: Path, b: Path) -> bool:
-    return all((a / f).read_bytes() == (b / f).read_bytes()
-               for f in ("cells.csv", "spots.csv", "images.csv"))
+    return all(
+        (a / f).read_bytes() == (b / f).read_bytes()
+        for f in ("cells.csv", "spots.csv", "images.csv")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="best of N per configuration")
     p.add_argument("--workdir", type=Path, help="keep data and results here")
-    p.add_argument("--no-readouts", action="store_true",
-                   help="drop the collagen/tube readouts (puncta + per-cell measurement only)")
+    p.add_argument(
+        "--no-readouts",
+        action="store_true",
+        help="drop the collagen/tube readouts (puncta + per-cell measurement only)",
+    )
     args = p.parse_args(argv)
 
     from napari_exouptake.simulate import write_dataset
@@ -74,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     data = work / "data"
     if not (data / "config.yaml").is_file():
         t0 = time.perf_counter()
-        write_dataset(data, n_images=args.n_images, seed=args.seed,
-                      shape=(args.size, args.size))
-        print(f"simulated {args.n_images} images of {args.size}x{args.size} in "
-              f"{time.perf_counter() - t0:.1f} s -> {data}")
+        write_dataset(data, n_images=args.n_images, seed=args.seed, shape=(args.size, args.size))
+        print(
+            f"simulated {args.n_images} images of {args.size}x{args.size} in "
+            f"{time.perf_counter() - t0:.1f} s -> {data}"
+        )
     config = data / "config.yaml"
     if args.no_readouts:
         from napari_exouptake.config import load_config, save_config
@@ -96,13 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}
     cpu: dict[str, tuple[float, float]] = {}
     for name, extra in configs.items():
-        times = [_run(data, config, work / name.replace(" ", "_"), extra)
-                 for _ in range(args.repeats)]
+        times = [
+            _run(data, config, work / name.replace(" ", "_"), extra) for _ in range(args.repeats)
+        ]
         walls[name] = min(times)
         cpu_total, cpu_max = _cpu(work / name.replace(" ", "_"))
-        print(f"{name:>14}: {walls[name]:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)}"
-              f"; {args.n_images / walls[name]:.2f} images/s; task CPU {cpu_total:.1f} s, "
-              f"busiest worker {cpu_max:.1f} s)")
+        print(
+            f"{name:>14}: {walls[name]:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)}"
+            f"; {args.n_images / walls[name]:.2f} images/s; task CPU {cpu_total:.1f} s, "
+            f"busiest worker {cpu_max:.1f} s)"
+        )
         cpu[name] = (cpu_total, cpu_max)
     same = all(_same(work / "serial", work / n.replace(" ", "_")) for n in configs)
     speedup = walls["serial"] / walls["processes x2"]
@@ -113,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tables identical across executors: {same}")
     # load-independent view: CPU seconds of the image tasks (a shared machine inflates walls)
     eff = cpu["serial"][0] / (2 * cpu["processes x2"][1])
-    print(f"CPU-time view: serial tasks {cpu['serial'][0]:.1f} s; 2 processes: busiest worker "
-          f"{cpu['processes x2'][1]:.1f} s -> task-level speed-up bound "
-          f"{cpu['serial'][0] / cpu['processes x2'][1]:.2f}x (parallel efficiency {eff:.0%})")
+    print(
+        f"CPU-time view: serial tasks {cpu['serial'][0]:.1f} s; 2 processes: busiest worker "
+        f"{cpu['processes x2'][1]:.1f} s -> task-level speed-up bound "
+        f"{cpu['serial'][0] / cpu['processes x2'][1]:.2f}x (parallel efficiency {eff:.0%})"
+    )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if same else 1

@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         img = tifffile.imread(fib_dir / f"{name}.tif")
         ca = read_ca_stats(fib_dir / "CA_Out" / f"{name}_stats.csv")
         ds = [
-            axial_diff(analyze_collagen(img, tensor_sigma_px=s).metrics["collagen_mean_angle_deg"],
-                       ca["Mean"])
+            axial_diff(
+                analyze_collagen(img, tensor_sigma_px=s).metrics["collagen_mean_angle_deg"],
+                ca["Mean"],
+            )
             for s in (1.0, 2.0, 4.0, 8.0)
         ]
         print(f"  {name:12s} sigma 1/2/4/8: " + " ".join(f"{d:+.1f}" for d in ds))

@@ -36,12 +36,17 @@ def bigfish_detect(img: np.ndarray, decompose: bool = False) -> np.ndarray:
     from bigfish import detection
 
     spots, _thr = detection.detect_spots(
-        img.astype(np.uint16), return_threshold=True,
-        log_kernel_size=(PSF_SIGMA, PSF_SIGMA), minimum_distance=(2, 2),
+        img.astype(np.uint16),
+        return_threshold=True,
+        log_kernel_size=(PSF_SIGMA, PSF_SIGMA),
+        minimum_distance=(2, 2),
     )
     if decompose and len(spots):
         spots, _, _ = detection.decompose_dense(
-            img.astype(np.uint16), spots, voxel_size=(100, 100), spot_radius=(180, 180),
+            img.astype(np.uint16),
+            spots,
+            voxel_size=(100, 100),
+            spot_radius=(180, 180),
             kernel_size=(PSF_SIGMA, PSF_SIGMA),
         )
     return np.asarray(spots, dtype=float).reshape(-1, 2)
@@ -81,13 +86,22 @@ def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float)
     from skimage.measure import regionprops_table
 
     print(f"\n== scale: 4-channel {size}x{size} image ==")
-    sim, t_sim = timed(simulate_image, 7, condition="ev_high", difficulty="normal",
-                       shape=(size, size), cell_diameter_px=diameter, markers=("CD31",),
-                       spots_per_cell=spots_per_cell)
+    sim, t_sim = timed(
+        simulate_image,
+        7,
+        condition="ev_high",
+        difficulty="normal",
+        shape=(size, size),
+        cell_diameter_px=diameter,
+        markers=("CD31",),
+        spots_per_cell=spots_per_cell,
+    )
     img = sim.image  # (4, Y, X) uint16: DAPI, CellMask, PKH26, CD31
     cells = sim.cells
-    print(f"simulated in {t_sim:.1f} s: {int(cells.max())} cells, {len(sim.spots)} truth puncta, "
-          f"image {img.nbytes / 2**20:.1f} MiB")
+    print(
+        f"simulated in {t_sim:.1f} s: {int(cells.max())} cells, {len(sim.spots)} truth puncta, "
+        f"image {img.nbytes / 2**20:.1f} MiB"
+    )
     exo = img[2]
     chans = {"exosome": exo, "dapi": img[0], "cellmask": img[1], "cd31": img[3]}
 
@@ -102,10 +116,14 @@ def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float)
     tracemalloc.stop()
     t_ours = t_det + t_meas
     f1 = match_spots(spots, sim.spots, 2.0).f1
-    print(f"ours: detect {t_det:.2f} s ({len(spots)} puncta, F1 {f1:.3f}) + measure "
-          f"{t_meas:.3f} s ({len(table)} cells) = {t_ours:.2f} s")
-    print(f"peak traced memory {peak / 2**20:.1f} MiB = {peak / img.nbytes:.2f} x image bytes "
-          "(target <= 4)")
+    print(
+        f"ours: detect {t_det:.2f} s ({len(spots)} puncta, F1 {f1:.3f}) + measure "
+        f"{t_meas:.3f} s ({len(table)} cells) = {t_ours:.2f} s"
+    )
+    print(
+        f"peak traced memory {peak / 2**20:.1f} MiB = {peak / img.nbytes:.2f} x image bytes "
+        "(target <= 4)"
+    )
 
     # regionprops_table computing the same per-cell columns: area, centroid, mean and
     # integrated intensity of the 4 channels
@@ -117,7 +135,8 @@ def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float)
     for _ in range(5):  # best of 5, alternating: the machine is shared
         t2 = time.perf_counter()
         regionprops_table(
-            cells, intensity_image=stack,
+            cells,
+            intensity_image=stack,
             properties=("label", "area", "centroid", "intensity_mean"),
             extra_properties=(integrated,),
         )
@@ -126,21 +145,29 @@ def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float)
         measure_cells(cells, chans, None)
         t_same.append(time.perf_counter() - t3)
     rp, same = min(t_rp), min(t_same)
-    print(f"regionprops_table {rp:.3f} s vs measure_cells same columns {same:.3f} s: "
-          f"{rp / same:.1f}x faster (target >= 10); full measure_cells (with {len(spots)} "
-          f"puncta) {rp / t_meas:.1f}x")
+    print(
+        f"regionprops_table {rp:.3f} s vs measure_cells same columns {same:.3f} s: "
+        f"{rp / same:.1f}x faster (target >= 10); full measure_cells (with {len(spots)} "
+        f"puncta) {rp / t_meas:.1f}x"
+    )
     if have_bigfish:
         _, t_bf = timed(bigfish_detect, exo)
-        print(f"Big-FISH detect_spots alone {t_bf:.2f} s vs our detect+measure {t_ours:.2f} s: "
-              f"ratio {t_bf / t_ours:.2f} (target > 1)")
+        print(
+            f"Big-FISH detect_spots alone {t_bf:.2f} s vs our detect+measure {t_ours:.2f} s: "
+            f"ratio {t_bf / t_ours:.2f} (target > 1)"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[201, 202, 203, 204])
     ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--diameter", type=float, default=60.0,
-                    help="cell diameter px (60 gives ~1,000 cells at 2048)")
+    ap.add_argument(
+        "--diameter",
+        type=float,
+        default=60.0,
+        help="cell diameter px (60 gives ~1,000 cells at 2048)",
+    )
     ap.add_argument("--spots-per-cell", type=float, default=20.0)
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()

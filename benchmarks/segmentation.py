@@ -58,17 +58,29 @@ def _tiles(h: int, w: int, bsize: int = 224, overlap: float = 0.1) -> int:
 def bench_cpu(model: str, repeats: int, diameter: float) -> dict:
     img = _image()
     rm = S.resolve_model(model)
-    cfg = AssayConfig.model_validate({
-        "channels": {"nucleus": 0},
-        "segmentation": {"mode": "nuclei", "model": model, "diameter_px": diameter,
-                         "device": "cpu"}})
+    cfg = AssayConfig.model_validate(
+        {
+            "channels": {"nucleus": 0},
+            "segmentation": {
+                "mode": "nuclei",
+                "model": model,
+                "diameter_px": diameter,
+                "device": "cpu",
+            },
+        }
+    )
     im = from_array(img[None], axes="CYX", channel_names=["DNA"])
     cp = S._get_model(rm, "cpu")  # the same loaded network for both paths
     sc = cfg.segmentation
-    kw = {"diameter": diameter, "flow_threshold": sc.flow_threshold,
-          "cellprob_threshold": sc.cellprob_threshold, "min_size": sc.min_size_px,
-          "resample": sc.resample, "tile_overlap": sc.tile_overlap,
-          "batch_size": sc.batch_size}
+    kw = {
+        "diameter": diameter,
+        "flow_threshold": sc.flow_threshold,
+        "cellprob_threshold": sc.cellprob_threshold,
+        "min_size": sc.min_size_px,
+        "resample": sc.resample,
+        "tile_overlap": sc.tile_overlap,
+        "batch_size": sc.batch_size,
+    }
 
     def direct() -> np.ndarray:
         return cp.eval(img, channels=[0, 0], **kw)[0]
@@ -87,10 +99,17 @@ def bench_cpu(model: str, repeats: int, diameter: float) -> dict:
         engine()
         te.append(time.perf_counter() - t0)
     d, e = statistics.median(td), statistics.median(te)
-    return {"image": "stardist img2d 512x512", "model": model, "repeats": repeats,
-            "direct_s": round(d, 3), "engine_s": round(e, 3),
-            "overhead_ratio": round(e / d - 1.0, 4), "same_foreground": same,
-            "direct_all_s": [round(x, 3) for x in td], "engine_all_s": [round(x, 3) for x in te]}
+    return {
+        "image": "stardist img2d 512x512",
+        "model": model,
+        "repeats": repeats,
+        "direct_s": round(d, 3),
+        "engine_s": round(e, 3),
+        "overhead_ratio": round(e / d - 1.0, 4),
+        "same_foreground": same,
+        "direct_all_s": [round(x, 3) for x in td],
+        "engine_all_s": [round(x, 3) for x in te],
+    }
 
 
 def bench_cuda(model: str, diameter: float) -> dict | None:
@@ -101,13 +120,20 @@ def bench_cuda(model: str, diameter: float) -> dict | None:
     img = np.tile(_image(), (4, 4))  # 2048 x 2048
     im = from_array(img[None], axes="CYX", channel_names=["DNA"])
     n_tiles = _tiles(*img.shape)
-    out = {"gpu": torch.cuda.get_device_name(0), "image": "2048x2048", "tiles": n_tiles,
-           "rows": []}
+    out = {"gpu": torch.cuda.get_device_name(0), "image": "2048x2048", "tiles": n_tiles, "rows": []}
     for bs in (1, 2, 4, 8, 16, 32):
-        cfg = AssayConfig.model_validate({
-            "channels": {"nucleus": 0},
-            "segmentation": {"mode": "nuclei", "model": model, "diameter_px": diameter,
-                             "device": "cuda", "batch_size": bs}})
+        cfg = AssayConfig.model_validate(
+            {
+                "channels": {"nucleus": 0},
+                "segmentation": {
+                    "mode": "nuclei",
+                    "model": model,
+                    "diameter_px": diameter,
+                    "device": "cuda",
+                    "batch_size": bs,
+                },
+            }
+        )
         S.segment(im, cfg)  # warm-up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -116,9 +142,14 @@ def bench_cuda(model: str, diameter: float) -> dict | None:
             S.segment(im, cfg)
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / reps
-        out["rows"].append({"batch_size": bs, "s_per_image": round(dt, 3),
-                            "images_per_s": round(1 / dt, 2),
-                            "tiles_per_s": round(n_tiles / dt, 1)})
+        out["rows"].append(
+            {
+                "batch_size": bs,
+                "s_per_image": round(dt, 3),
+                "images_per_s": round(1 / dt, 2),
+                "tiles_per_s": round(n_tiles / dt, 1),
+            }
+        )
         print(out["rows"][-1], flush=True)
     return out
 
@@ -130,8 +161,10 @@ def main() -> int:
     ap.add_argument("--diameter", type=float, default=17.0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    res = {"cellpose_version": S.cellpose_version(), "cpu": bench_cpu(a.model, a.repeats,
-                                                                      a.diameter)}
+    res = {
+        "cellpose_version": S.cellpose_version(),
+        "cpu": bench_cpu(a.model, a.repeats, a.diameter),
+    }
     print(json.dumps(res["cpu"], indent=1), flush=True)
     res["cuda"] = bench_cuda(a.model, a.diameter)
     if a.json:

@@ -56,10 +56,17 @@ def pooled(rows: list[dict], key: str) -> float:
 
 
 def nuclei_cfg(model: str, diameter: float | None) -> AssayConfig:
-    return AssayConfig.model_validate({
-        "channels": {"nucleus": 0},
-        "segmentation": {"mode": "nuclei", "model": model, "diameter_px": diameter,
-                         "device": "cpu"}})
+    return AssayConfig.model_validate(
+        {
+            "channels": {"nucleus": 0},
+            "segmentation": {
+                "mode": "nuclei",
+                "model": model,
+                "diameter_px": diameter,
+                "device": "cpu",
+            },
+        }
+    )
 
 
 def eval_nuclei(model: str, data: Path, auto: bool) -> dict:
@@ -78,9 +85,14 @@ def eval_nuclei(model: str, data: Path, auto: bool) -> dict:
         im = from_array(img[None], axes="CYX", channel_names=["DNA"])
         t0 = time.perf_counter()
         seg = S.segment(im, nuclei_cfg(model, d))
-        row = {"image": i[:12], "shape": "x".join(map(str, img.shape)), "gt_diam": round(d, 1),
-               "n_gt": int(len(np.unique(gt)) - 1), "n_pred": seg.n_cells,
-               "seconds": round(time.perf_counter() - t0, 2)}
+        row = {
+            "image": i[:12],
+            "shape": "x".join(map(str, img.shape)),
+            "gt_diam": round(d, 1),
+            "n_gt": int(len(np.unique(gt)) - 1),
+            "n_pred": seg.n_cells,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         row["ap50"], row["oracle_tp"], row["oracle_fp"], row["oracle_fn"] = ap50(gt, seg.cells)
         if auto:
             de = S.estimate_diameter(im, nuclei_cfg(model, None))
@@ -89,9 +101,13 @@ def eval_nuclei(model: str, data: Path, auto: bool) -> dict:
             row["ap50_auto"], row["auto_tp"], row["auto_fp"], row["auto_fn"] = ap50(gt, seg.cells)
         rows.append(row)
         print(row, flush=True)
-    out = {"dsb_val_images": len(val), "dsb_val_nuclei": sum(r["n_gt"] for r in rows),
-           "dsb_ap50_mean_oracle": float(np.mean([r["ap50"] for r in rows])),
-           "dsb_ap50_pooled_oracle": pooled(rows, "oracle"), "dsb_rows": rows}
+    out = {
+        "dsb_val_images": len(val),
+        "dsb_val_nuclei": sum(r["n_gt"] for r in rows),
+        "dsb_ap50_mean_oracle": float(np.mean([r["ap50"] for r in rows])),
+        "dsb_ap50_pooled_oracle": pooled(rows, "oracle"),
+        "dsb_rows": rows,
+    }
     if auto:
         out["dsb_ap50_mean_auto"] = float(np.mean([r["ap50_auto"] for r in rows]))
         out["dsb_ap50_pooled_auto"] = pooled(rows, "auto")
@@ -129,31 +145,45 @@ def eval_cells(model: str, n: int, seed: int, workdir: Path) -> dict:
             ntruth = read_labels(sim / "labels" / f"{name}_nuclei.tif")
             names = [c.lower() for c in image.channel_names]
             d = S._median_diameter(truth)
-            cfg = AssayConfig.model_validate({
-                "channels": {"nucleus": names.index("dapi"), "cell": names.index("cellmask")},
-                "segmentation": {"mode": "cells", "model": model, "diameter_px": d,
-                                 "device": "cpu"}})
+            cfg = AssayConfig.model_validate(
+                {
+                    "channels": {"nucleus": names.index("dapi"), "cell": names.index("cellmask")},
+                    "segmentation": {
+                        "mode": "cells",
+                        "model": model,
+                        "diameter_px": d,
+                        "device": "cpu",
+                    },
+                }
+            )
             t0 = time.perf_counter()
             seg = S.segment(image, cfg)
-            row = {"image": f"{diff}/{name}", "gt_diam": round(d, 1),
-                   "n_gt": int(len(np.unique(truth)) - 1), "n_pred": seg.n_cells,
-                   "seconds": round(time.perf_counter() - t0, 2)}
-            row["ap50"], row["cells_tp"], row["cells_fp"], row["cells_fn"] = ap50(truth,
-                                                                                  seg.cells)
+            row = {
+                "image": f"{diff}/{name}",
+                "gt_diam": round(d, 1),
+                "n_gt": int(len(np.unique(truth)) - 1),
+                "n_pred": seg.n_cells,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            row["ap50"], row["cells_tp"], row["cells_fp"], row["cells_fn"] = ap50(truth, seg.cells)
             if seg.nuclei is not None:
                 row["nuclei_ap50"] = ap50(ntruth, seg.nuclei)[0]
             rows.append(row)
             print(row, flush=True)
-    return {"sim_seed": seed, "sim_images": len(rows),
-            "sim_ap50_mean": float(np.mean([r["ap50"] for r in rows])),
-            "sim_ap50_pooled": pooled(rows, "cells"),
-            "sim_ap50_mean_normal": float(np.mean([r["ap50"] for r in rows
-                                                   if r["image"].startswith("normal")])),
-            "sim_ap50_mean_hard": float(np.mean([r["ap50"] for r in rows
-                                                 if r["image"].startswith("hard")])),
-            "sim_nuclei_ap50_mean": float(np.mean([r.get("nuclei_ap50", np.nan)
-                                                   for r in rows])),
-            "sim_rows": rows}
+    return {
+        "sim_seed": seed,
+        "sim_images": len(rows),
+        "sim_ap50_mean": float(np.mean([r["ap50"] for r in rows])),
+        "sim_ap50_pooled": pooled(rows, "cells"),
+        "sim_ap50_mean_normal": float(
+            np.mean([r["ap50"] for r in rows if r["image"].startswith("normal")])
+        ),
+        "sim_ap50_mean_hard": float(
+            np.mean([r["ap50"] for r in rows if r["image"].startswith("hard")])
+        ),
+        "sim_nuclei_ap50_mean": float(np.mean([r.get("nuclei_ap50", np.nan) for r in rows])),
+        "sim_rows": rows,
+    }
 
 
 def main() -> int:

@@ -46,16 +46,29 @@ def evaluate_sim(seed: int, difficulty: str, condition: str, detect_kw: dict | N
     tp = np.zeros(len(spots), bool)
     tp[m.pred_index] = True
     det = spots["detected"].to_numpy(bool)
-    markers = {n: sim.image[i] for i, n in enumerate(names)
-               if n not in ("dapi", "cellmask", "pkh26")}
-    cells = measure_cells(sim.cells, {"exosome": exo, **markers}, spots, nuclei=sim.nuclei,
-                          pixel_size_um=sim.pixel_size_um)
+    markers = {
+        n: sim.image[i] for i, n in enumerate(names) if n not in ("dapi", "cellmask", "pkh26")
+    }
+    cells = measure_cells(
+        sim.cells,
+        {"exosome": exo, **markers},
+        spots,
+        nuclei=sim.nuclei,
+        pixel_size_um=sim.pixel_size_um,
+    )
     truth = sim.truth_cells.set_index("cell_id").loc[cells["cell_id"]]
     out = {
-        "difficulty": difficulty, "condition": condition, "seed": seed,
-        "n_truth": m.n_truth, "n_pred": m.n_pred, "precision": m.precision,
-        "recall": m.recall, "f1": m.f1, "loc_err_px": m.mean_distance,
-        "fp_detected": int((~tp & det).sum()), "fp_split": int((~tp & ~det).sum()),
+        "difficulty": difficulty,
+        "condition": condition,
+        "seed": seed,
+        "n_truth": m.n_truth,
+        "n_pred": m.n_pred,
+        "precision": m.precision,
+        "recall": m.recall,
+        "f1": m.f1,
+        "loc_err_px": m.mean_distance,
+        "fp_detected": int((~tp & det).sum()),
+        "fp_split": int((~tp & ~det).sum()),
         "n_split": int((~det).sum()),
         "sum_est_over_truth": float(spots["n_estimate"].sum() / max(m.n_truth, 1)),
         "r_count_estimate": np.corrcoef(cells["exo_spot_estimate"], truth["n_spots"])[0, 1],
@@ -93,8 +106,14 @@ def evaluate_beads(detect_kw: dict | None = None) -> dict | None:
     img, truth = b
     spots = detect_spots(img, **(detect_kw or {}))
     m = match_spots(spots, truth, 2.0)
-    return {"n_truth": m.n_truth, "n_pred": m.n_pred, "precision": m.precision,
-            "recall": m.recall, "f1": m.f1, "loc_err_px": m.mean_distance}
+    return {
+        "n_truth": m.n_truth,
+        "n_pred": m.n_pred,
+        "precision": m.precision,
+        "recall": m.recall,
+        "f1": m.f1,
+        "loc_err_px": m.mean_distance,
+    }
 
 
 def spotiflow_counts(detect_kw: dict | None = None) -> dict:
@@ -121,8 +140,15 @@ def overlay_png(path: Path, image: np.ndarray, spots: pd.DataFrame, truth=None, 
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.imshow(np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1), cmap="gray")
     if truth is not None:
-        ax.scatter(truth[:, 1], truth[:, 0], s=50, facecolors="none", edgecolors="lime",
-                   linewidths=0.8, label="truth")
+        ax.scatter(
+            truth[:, 1],
+            truth[:, 0],
+            s=50,
+            facecolors="none",
+            edgecolors="lime",
+            linewidths=0.8,
+            label="truth",
+        )
     ax.scatter(spots["x"], spots["y"], s=6, c="red", label="detected")
     ax.legend(loc="upper right")
     ax.set_title(title)
@@ -135,12 +161,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[601, 602, 603, 604])
     ap.add_argument("--png", type=Path, default=None, help="write overlay PNGs into DIR")
-    ap.add_argument("--detect", type=json.loads, default={},
-                    help="JSON dict of detect_spots keyword arguments")
+    ap.add_argument(
+        "--detect", type=json.loads, default={}, help="JSON dict of detect_spots keyword arguments"
+    )
     ap.add_argument("--difficulties", nargs="+", default=["normal", "hard"])
     args = ap.parse_args()
-    rows = [evaluate_sim(s, d, CONDITIONS[i % 2], args.detect) for d in args.difficulties
-            for i, s in enumerate(args.seeds)]
+    rows = [
+        evaluate_sim(s, d, CONDITIONS[i % 2], args.detect)
+        for d in args.difficulties
+        for i, s in enumerate(args.seeds)
+    ]
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
@@ -148,8 +178,10 @@ def main() -> None:
     print("\nmeans per difficulty:")
     print(df.drop(columns=["condition", "seed"]).groupby("difficulty").mean().round(3).T)
     b = evaluate_beads(args.detect)
-    print("\nreal beads (118 annotated, -2 px offset):",
-          {k: round(v, 3) for k, v in (b or {}).items()})
+    print(
+        "\nreal beads (118 annotated, -2 px offset):",
+        {k: round(v, 3) for k, v in (b or {}).items()},
+    )
     print("spotiflow images, puncta found (no truth):", spotiflow_counts(args.detect))
     if args.png is not None:
         args.png.mkdir(parents=True, exist_ok=True)
@@ -157,13 +189,23 @@ def main() -> None:
         exo = sim.image[2]
         sp = detect_spots(exo, **args.detect)
         m = match_spots(sp, sim.spots, 2.0)
-        overlay_png(args.png / "sim_hard.png", exo, sp, sim.spots[["y", "x"]].to_numpy(),
-                    f"simulated hard, F1 {m.f1:.3f}")
+        overlay_png(
+            args.png / "sim_hard.png",
+            exo,
+            sp,
+            sim.spots[["y", "x"]].to_numpy(),
+            f"simulated hard, F1 {m.f1:.3f}",
+        )
         bd = beads()
         if bd is not None:
             sp = detect_spots(bd[0], **args.detect)
-            overlay_png(args.png / "beads.png", bd[0], sp, bd[1],
-                        f"beads, F1 {match_spots(sp, bd[1], 2.0).f1:.3f}")
+            overlay_png(
+                args.png / "beads.png",
+                bd[0],
+                sp,
+                bd[1],
+                f"beads, F1 {match_spots(sp, bd[1], 2.0).f1:.3f}",
+            )
         for name in ("img_hybiss_2d.tif", "img_terra_2d.tif"):
             f = DATA / "spots_spotiflow" / name
             if f.exists():
@@ -171,8 +213,9 @@ def main() -> None:
 
                 im = tifffile.imread(f)
                 sp = detect_spots(im, **args.detect)
-                overlay_png(args.png / f"{f.stem}.png", im, sp,
-                            title=f"{name}: {len(sp)} puncta (no truth)")
+                overlay_png(
+                    args.png / f"{f.stem}.png", im, sp, title=f"{name}: {len(sp)} puncta (no truth)"
+                )
 
 
 if __name__ == "__main__":

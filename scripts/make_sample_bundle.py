@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         authors=["napari-exouptake developers"],
         labels=labels,
         with_results=True,
-        extra={"source": "napari_exouptake.simulate.write_dataset(seed=2024, n_images=8, "
-                         "shape=(384, 384), difficulty='normal')"},
+        extra={
+            "source": "napari_exouptake.simulate.write_dataset(seed=2024, n_images=8, "
+            "shape=(384, 384), difficulty='normal')"
+        },
         progress=lambda s: print("  " + s),
     )
     for path in SAMPLE.rglob("*"):

@@ -39,8 +39,9 @@ def sim(tmp_path_factory) -> Path:
     from napari_exouptake.simulate import write_dataset
 
     root = tmp_path_factory.mktemp("sim")
-    write_dataset(root, n_images=6, seed=3, shape=(160, 160),
-                  conditions=("untreated", "dye_only", "ev_high"))
+    write_dataset(
+        root, n_images=6, seed=3, shape=(160, 160), conditions=("untreated", "dye_only", "ev_high")
+    )
     cfg = load_config(root / "config.yaml").to_dict()
     cfg.pop("collagen", None)  # keeps the tests fast; collagen has its own tests
     save_config(load_config(cfg), root / "config.yaml")
@@ -51,8 +52,9 @@ def sim(tmp_path_factory) -> Path:
 def reference(sim, tmp_path_factory) -> Path:
     """An uninterrupted serial run over ``sim``."""
     out = tmp_path_factory.mktemp("ref")
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        progress=False)
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+    )
     assert res.exit_code == 0 and len(res.done) == 6
     return out
 
@@ -60,8 +62,9 @@ def reference(sim, tmp_path_factory) -> Path:
 def assert_same_tables(a: Path, b: Path) -> None:
     for name in TABLES:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "cells.parquet"),
-                                  pd.read_parquet(b / "cells.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / "cells.parquet"), pd.read_parquet(b / "cells.parquet")
+    )
     la = sorted(p.name for p in (a / "labels").iterdir())
     assert la == sorted(p.name for p in (b / "labels").iterdir())
     for name in la:
@@ -85,7 +88,9 @@ def test_collect_inputs_files_folders_globs(tmp_path):
     assert [f.name for f in collect_inputs([tmp_path / "plate1" / "A01.ome.tif"])] == ["A01"]
     # the output folder is never an input
     assert [f.name for f in collect_inputs([tmp_path], exclude=[tmp_path / "plate2"])] == [
-        "A01", "B02"]
+        "A01",
+        "B02",
+    ]
     with pytest.raises(FileNotFoundError, match="matches no image"):
         collect_inputs([str(tmp_path / "*.png")])
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
@@ -115,8 +120,14 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
         "dye_only_001,dye,0,1,B01\n"
     )
     out = tmp_path / "out"
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        sample_sheet=sheet, progress=False)
+    res = analyze_batch(
+        sim / "images",
+        sim / "config.yaml",
+        out,
+        labels=sim / "labels",
+        sample_sheet=sheet,
+        progress=False,
+    )
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv").set_index("image")
     assert images.loc["ev_high_002", "condition"] == "EV 50"
@@ -127,8 +138,7 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
     assert images.loc["dye_only_004", "condition"] == "dye_only"
     assert np.isnan(images.loc["untreated_000", "dose"])
     cells = pd.read_csv(out / "cells.csv")
-    assert list(cells.columns[:6]) == ["image", "condition", "dose", "replicate", "well",
-                                       "cell_id"]
+    assert list(cells.columns[:6]) == ["image", "condition", "dose", "replicate", "well", "cell_id"]
     assert set(cells.loc[cells["image"] == "ev_high_002", "condition"]) == {"EV 50"}
 
 
@@ -138,8 +148,9 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
 def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        progress=False)
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+    )
     assert res.done == [] and len(res.skipped) == 6
     assert_same_tables(reference, out)
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
@@ -147,8 +158,9 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
 
     # a positivity change is applied when merging: nothing is re-analysed
     cfg = load_config(sim / "config.yaml")
-    stricter = cfg.with_updates(positivity={"exosome": {"method": "fixed", "value": 5,
-                                                         "metric": "exo_spot_count"}})
+    stricter = cfg.with_updates(
+        positivity={"exosome": {"method": "fixed", "value": 5, "metric": "exo_spot_count"}}
+    )
     assert analysis_hash(stricter) == analysis_hash(cfg)
     res = analyze_batch(sim / "images", stricter, out, labels=sim / "labels", progress=False)
     assert res.done == []
@@ -176,22 +188,21 @@ def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     (images / "broken_007.ome.tif").write_bytes(good[: len(good) // 2])
     (images / "garbage_008.tif").write_bytes(b"this is not a TIFF file at all" * 10)
     out = tmp_path / "out"
-    code = run_analyze([images], sim / "config.yaml", out, labels=sim / "labels",
-                       progress=False)
+    code = run_analyze([images], sim / "config.yaml", out, labels=sim / "labels", progress=False)
     assert code == 1
     failures = pd.read_csv(out / "failures.csv")
     assert failures["image"].tolist() == ["broken_007", "garbage_008"]
     assert failures["path"].str.endswith(".tif").all()
     assert failures["error"].str.contains("ImageReadError").all()
     assert set(pd.read_csv(out / "images.csv")["image"]) == {
-        f.name.removesuffix(".ome.tif") for f in (sim / "images").iterdir()}
+        f.name.removesuffix(".ome.tif") for f in (sim / "images").iterdir()
+    }
     assert "broken_007: failed" in (out / "exouptake.log").read_text()
 
     # the broken files removed: the rerun redoes nothing and failures.csv goes away
     (images / "broken_007.ome.tif").unlink()
     (images / "garbage_008.tif").unlink()
-    res = analyze_batch([images], sim / "config.yaml", out, labels=sim / "labels",
-                        progress=False)
+    res = analyze_batch([images], sim / "config.yaml", out, labels=sim / "labels", progress=False)
     assert res.exit_code == 0 and res.done == [] and not (out / "failures.csv").exists()
 
 
@@ -199,8 +210,9 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(sim / "labels", labels)
     (labels / "untreated_000_cells.tif").unlink()
-    res = analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels,
-                        progress=False)
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels, progress=False
+    )
     assert list(res.failed) == ["untreated_000"]
     assert "no label image for 'untreated_000'" in res.failed["untreated_000"]
 
@@ -208,8 +220,16 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
 def test_cli_usage_errors_exit_2(sim, tmp_path, capsys):
     from napari_exouptake.cli import main
 
-    code = main(["analyze", str(tmp_path / "nothing_*.tif"), "--config",
-                 str(sim / "config.yaml"), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "analyze",
+            str(tmp_path / "nothing_*.tif"),
+            "--config",
+            str(sim / "config.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "matches no image file" in capsys.readouterr().err
     with pytest.raises(BatchUsageError, match="workers must be"):
@@ -226,16 +246,23 @@ def _stack(sim: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     img = read_image(sim / "images" / "ev_high_002.ome.tif")
     plane = img.data[:, 0].astype(np.float64)  # (C, Y, X)
     rng = np.random.default_rng(0)
-    data = np.stack([
-        np.stack([plane * (1.0 + 0.2 * z + 0.1 * t) for z in range(3)], axis=1)
-        for t in range(2)
-    ])
+    data = np.stack(
+        [np.stack([plane * (1.0 + 0.2 * z + 0.1 * t) for z in range(3)], axis=1) for t in range(2)]
+    )
     data = np.clip(data + rng.normal(0, 3, data.shape), 0, 65535).astype(np.uint16)
     (folder / "images").mkdir(parents=True)
     (folder / "labels").mkdir()
-    tifffile.imwrite(folder / "images" / "tz.ome.tif", data, ome=True,
-                     metadata={"axes": "TCZYX", "Channel": {"Name": list(img.channel_names)},
-                               "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325})
+    tifffile.imwrite(
+        folder / "images" / "tz.ome.tif",
+        data,
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "Channel": {"Name": list(img.channel_names)},
+            "PhysicalSizeX": 0.325,
+            "PhysicalSizeY": 0.325,
+        },
+    )
     labels = tifffile.imread(sim / "labels" / "ev_high_002_cells.tif")
     return data, labels
 
@@ -244,12 +271,12 @@ def test_t_and_z_stack_per_plane(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", labels)  # 2-D: used on every plane
     out = tmp_path / "out"
-    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
-                        labels=tmp_path / "labels", progress=False)
+    res = analyze_batch(
+        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
+    )
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
-    assert images["image"].tolist() == [f"tz_t{t:03d}_z{z:03d}" for t in range(2)
-                                        for z in range(3)]
+    assert images["image"].tolist() == [f"tz_t{t:03d}_z{z:03d}" for t in range(2) for z in range(3)]
     assert images["t"].tolist() == [0, 0, 0, 1, 1, 1]
     assert images["z"].tolist() == [0, 1, 2, 0, 1, 2]
     assert (images["source_image"] == "tz").all()
@@ -271,8 +298,9 @@ def test_t_and_z_stack_as_volumes(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", np.stack([labels] * 3))  # (Z, Y, X)
     out = tmp_path / "out"
-    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
-                        labels=tmp_path / "labels", progress=False)
+    res = analyze_batch(
+        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
+    )
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["tz_t000", "tz_t001"]
@@ -290,13 +318,20 @@ def test_multi_series_ome(sim, tmp_path):
     (tmp_path / "labels").mkdir()
     with tifffile.TiffWriter(tmp_path / "images" / "plate.ome.tif", ome=True) as tw:
         for k in range(2):  # the second series is 2x brighter
-            tw.write((img.data[:, 0] * (k + 1)).astype(np.uint16),
-                     metadata={"axes": "CYX", "Channel": {"Name": list(img.channel_names)},
-                               "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325})
+            tw.write(
+                (img.data[:, 0] * (k + 1)).astype(np.uint16),
+                metadata={
+                    "axes": "CYX",
+                    "Channel": {"Name": list(img.channel_names)},
+                    "PhysicalSizeX": 0.325,
+                    "PhysicalSizeY": 0.325,
+                },
+            )
     shutil.copy(sim / "labels" / "ev_high_002_cells.tif", tmp_path / "labels" / "plate_cells.tif")
     out = tmp_path / "out"
-    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out,
-                        labels=tmp_path / "labels", progress=False)
+    res = analyze_batch(
+        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
+    )
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["plate_s00", "plate_s01"]
@@ -312,14 +347,22 @@ def test_multi_series_ome(sim, tmp_path):
 @pytest.mark.slow
 def test_executors_give_identical_tables(sim, reference, tmp_path):
     out = tmp_path / "proc"
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        workers=2, progress=False)
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2, progress=False
+    )
     assert res.exit_code == 0 and len(res.done) == 6
     assert_same_tables(reference, out)
     pytest.importorskip("dask.distributed")
     out = tmp_path / "dask"
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        workers=2, scheduler="local", progress=False)
+    res = analyze_batch(
+        sim / "images",
+        sim / "config.yaml",
+        out,
+        labels=sim / "labels",
+        workers=2,
+        scheduler="local",
+        progress=False,
+    )
     assert res.exit_code == 0 and len(res.done) == 6
     assert_same_tables(reference, out)
     assert "dask:local" in (out / "exouptake.log").read_text()
@@ -328,11 +371,25 @@ def test_executors_give_identical_tables(sim, reference, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted_run(sim, reference, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "napari_exouptake.cli", "analyze", str(sim / "images"),
-           "--config", str(sim / "config.yaml"), "--out", str(out), "--labels",
-           str(sim / "labels")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_exouptake.cli",
+        "analyze",
+        str(sim / "images"),
+        "--config",
+        str(sim / "config.yaml"),
+        "--out",
+        str(out),
+        "--labels",
+        str(sim / "labels"),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -377,8 +434,10 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
     assert res.exit_code == 0 and len(res.done) == 6 and len(calls) == 6
     for name in res.done:
         for kind in ("cells", "nuclei"):
-            np.testing.assert_array_equal(tifffile.imread(out / "labels" / f"{name}_{kind}.tif"),
-                                          tifffile.imread(sim / "labels" / f"{name}_{kind}.tif"))
+            np.testing.assert_array_equal(
+                tifffile.imread(out / "labels" / f"{name}_{kind}.tif"),
+                tifffile.imread(sim / "labels" / f"{name}_{kind}.tif"),
+            )
     res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
     assert res.done == [] and len(res.skipped) == 6 and len(calls) == 6
     (out / "labels" / "ev_high_002_cells.tif").unlink()  # lost output is redone
@@ -388,7 +447,8 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
 
 def test_missing_model_is_a_usage_error(sim, tmp_path):
     cfg = load_config(sim / "config.yaml").with_updates(
-        segmentation={"model": str(tmp_path / "no_such_model.pth")})
+        segmentation={"model": str(tmp_path / "no_such_model.pth")}
+    )
     with pytest.raises(BatchUsageError, match="no_such_model"):
         analyze_batch(sim / "images", cfg, tmp_path / "out", progress=False)
 
@@ -405,7 +465,11 @@ def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_pat
     out = tmp_path / "out"
     seen: list[tuple[int, int, str]] = []
     res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False,
+        sim / "images",
+        sim / "config.yaml",
+        out,
+        labels=sim / "labels",
+        progress=False,
         on_progress=lambda done, total, name: seen.append((done, total, name)),
         cancel=lambda: len(seen) >= 2,
     )
@@ -415,7 +479,8 @@ def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_pat
     cells = pd.read_csv(out / "cells.csv")
     assert sorted(cells["image"].unique()) == sorted(res.done)
     # a rerun resumes: the two finished images are reused, the tables equal an uninterrupted run
-    res2 = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                         progress=False)
+    res2 = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+    )
     assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
     assert_same_tables(reference, out)

@@ -15,8 +15,9 @@ from napari_exouptake import segmentation as S
 from napari_exouptake.config import AssayConfig
 from napari_exouptake.io import from_array
 
-pytestmark = pytest.mark.skipif(S.cellpose_major_version() != 4,
-                                reason="needs cellpose 4 (see .ci/cellpose4.sh)")
+pytestmark = pytest.mark.skipif(
+    S.cellpose_major_version() != 4, reason="needs cellpose 4 (see .ci/cellpose4.sh)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +41,28 @@ def test_random_cpsam_through_engine_channel_order(random_cpsam):
     nuc = rng.random((256, 256)).astype(np.float32)
     nuc[:, :128] += 5.0
     img = from_array(np.stack([nuc, cell]), axes="CYX", channel_names=["DAPI", "CellMask"])
-    cfg = AssayConfig.model_validate({
-        "channels": {"nucleus": "DAPI", "cell": "CellMask"},
-        "segmentation": {"mode": "cells", "model": str(random_cpsam),
-                         "nuclei_model": str(random_cpsam), "device": "cpu",
-                         "diameter_px": 30},
-    })
+    cfg = AssayConfig.model_validate(
+        {
+            "channels": {"nucleus": "DAPI", "cell": "CellMask"},
+            "segmentation": {
+                "mode": "cells",
+                "model": str(random_cpsam),
+                "nuclei_model": str(random_cpsam),
+                "device": "cpu",
+                "diameter_px": 30,
+            },
+        }
+    )
     seen = []
     orig_get = S._get_model
 
     def hooked(rm, device):
         model = orig_get(rm, device)
         if not getattr(model, "_exo_hooked", False):
+
             def pre_hook(mod, args):
                 seen.append(args[0].detach().float().cpu().numpy())
+
             model.net.register_forward_pre_hook(pre_hook)
             model._exo_hooked = True
         return model
@@ -71,8 +80,8 @@ def test_random_cpsam_through_engine_channel_order(random_cpsam):
     # channel 0 = cell (bright top half), 1 = nucleus (bright left half), 2 = zeros
     tile = x[0]
     assert np.abs(tile[2]).max() == 0.0
-    top, bottom = tile[0][: tile.shape[1] // 4].mean(), tile[0][-tile.shape[1] // 4:].mean()
-    left, right = tile[1][:, : tile.shape[2] // 4].mean(), tile[1][:, -tile.shape[2] // 4:].mean()
+    top, bottom = tile[0][: tile.shape[1] // 4].mean(), tile[0][-tile.shape[1] // 4 :].mean()
+    left, right = tile[1][:, : tile.shape[2] // 4].mean(), tile[1][:, -tile.shape[2] // 4 :].mean()
     assert top > bottom + 0.3
     assert left > right + 0.3
     assert seg.cells.shape == (256, 256) and seg.cells.dtype.kind in "iu"
@@ -93,8 +102,9 @@ def test_cpsam_missing_fails_fast(tmp_path, monkeypatch):
     msg = str(ei.value)
     assert "cpsam" in msg and str(tmp_path) in msg and "huggingface.co" in msg
     img = from_array(np.ones((1, 32, 32), np.float32), axes="CYX")
-    cfg = AssayConfig.model_validate({"channels": {"nucleus": 0},
-                                      "segmentation": {"mode": "nuclei", "model": "cpsam"}})
+    cfg = AssayConfig.model_validate(
+        {"channels": {"nucleus": 0}, "segmentation": {"mode": "nuclei", "model": "cpsam"}}
+    )
     t0 = time.perf_counter()
     with pytest.raises(S.ModelNotAvailableError):
         S.segment(img, cfg)

@@ -103,9 +103,15 @@ def test_all_zero_image_gives_zeros():
     r = analyze_collagen(np.zeros((48, 48)))
     m = r.metrics
     assert isinstance(r, CollagenResult)
-    for k in ("collagen_area_fraction", "collagen_coherency", "collagen_total_fibre_length",
-              "collagen_fibre_count", "collagen_branchpoints", "collagen_endpoints",
-              "collagen_lacunarity"):
+    for k in (
+        "collagen_area_fraction",
+        "collagen_coherency",
+        "collagen_total_fibre_length",
+        "collagen_fibre_count",
+        "collagen_branchpoints",
+        "collagen_endpoints",
+        "collagen_lacunarity",
+    ):
         assert m[k] == 0, k
     assert np.isnan(m["collagen_mean_angle_deg"])  # no orientation is defined
     assert r.angle_hist.sum() == 0

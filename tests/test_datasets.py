@@ -35,8 +35,13 @@ def sim_dir(tmp_path_factory) -> Path:
 def bundle_dir(sim_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "small-bundle"
     return datasets.pack_bundle(
-        sim_dir, sim_dir / "config.yaml", out, with_results=True, labels="ground_truth",
-        description="two simulated images", authors=["Test Author"],
+        sim_dir,
+        sim_dir / "config.yaml",
+        out,
+        with_results=True,
+        labels="ground_truth",
+        description="two simulated images",
+        authors=["Test Author"],
     )
 
 
@@ -60,11 +65,20 @@ def _listing(folder: Path) -> set[str]:
 # -- round trip -------------------------------------------------------------------------------
 def test_pack_layout_and_metadata(bundle_dir):
     names = _listing(bundle_dir)
-    for required in ("dataset.yaml", "checksums.sha256", "config.yaml",
-                     "images/dye_only_001.ome.tif", "images/untreated_000.ome.tif",
-                     "labels/untreated_000_cells.tif", "truth_spots.csv", "truth_cells.csv",
-                     "reference/cells.csv", "reference/images.csv", "reference/spots.csv",
-                     "reference/run.json"):
+    for required in (
+        "dataset.yaml",
+        "checksums.sha256",
+        "config.yaml",
+        "images/dye_only_001.ome.tif",
+        "images/untreated_000.ome.tif",
+        "labels/untreated_000_cells.tif",
+        "truth_spots.csv",
+        "truth_cells.csv",
+        "reference/cells.csv",
+        "reference/images.csv",
+        "reference/spots.csv",
+        "reference/run.json",
+    ):
         assert required in names, required
     b = datasets.read_bundle(bundle_dir)
     assert b.image_names == ["dye_only_001", "untreated_000"]
@@ -79,7 +93,8 @@ def test_pack_layout_and_metadata(bundle_dir):
     lab = b.truth_cell_labels("untreated_000")
     assert lab.shape == (128, 128) and lab.max() > 0
     assert len(b.truth_spots("untreated_000")) == int(
-        (pd.read_csv(bundle_dir / "truth_spots.csv")["image"] == "untreated_000").sum())
+        (pd.read_csv(bundle_dir / "truth_spots.csv")["image"] == "untreated_000").sum()
+    )
     # no local absolute path leaks into the shared reference provenance
     assert str(bundle_dir.parent) not in (bundle_dir / "reference" / "run.json").read_text()
     # every file but the checksum file is listed, in sha256sum format
@@ -178,9 +193,7 @@ def test_schema_problems_name_the_key(bundle_dir, tmp_path):
 def test_unsafe_yaml_is_not_executed(bundle_dir, tmp_path):
     b = _copy(bundle_dir, tmp_path)
     marker = tmp_path / "pwned"
-    (b / "dataset.yaml").write_text(
-        f"!!python/object/apply:os.system ['touch {marker}']\n"
-    )
+    (b / "dataset.yaml").write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
     datasets.write_checksums(b)
     problems = datasets.verify_bundle(b)
     assert any("dataset.yaml: not valid YAML" in p for p in problems)
@@ -214,8 +227,11 @@ def test_bundle_tolerances_are_honoured(bundle_dir, tmp_path):
     report = datasets.validate_bundle(b)
     assert report.failed_metrics == ["cells.exo_mean_intensity"]
     # a bundle that allows 5 % on that metric accepts the same numbers
-    meta = (b / "dataset.yaml").read_text().replace(
-        "tolerances:\n", "tolerances:\n  cells.exo_mean_intensity:\n    rtol: 0.05\n", 1)
+    meta = (
+        (b / "dataset.yaml")
+        .read_text()
+        .replace("tolerances:\n", "tolerances:\n  cells.exo_mean_intensity:\n    rtol: 0.05\n", 1)
+    )
     (b / "dataset.yaml").write_text(meta)
     datasets.write_checksums(b)
     assert datasets.validate_bundle(b).ok
@@ -229,15 +245,20 @@ def test_pack_plain_folder_with_given_labels(sim_dir, tmp_path, capsys):
     src.mkdir()
     for p in sorted((sim_dir / "images").glob("*.ome.tif")):  # plain TIFFs, no OME metadata
         data = tifffile.imread(p)
-        tifffile.imwrite(src / p.name.replace(".ome.tif", ".tif"), data,
-                         metadata={"axes": "CYX"})
+        tifffile.imwrite(src / p.name.replace(".ome.tif", ".tif"), data, metadata={"axes": "CYX"})
     # plain TIFFs carry no channel names: a config with channel indices
     from napari_exouptake.config import load_config, save_config
 
     cfg = load_config(sim_dir / "config.yaml").with_updates(
-        channels={"nucleus": 0, "cell": 1, "exosome": 2,
-                  "markers": {"cd31": {"channel": 3, "kind": "angiogenesis"},
-                              "col1": {"channel": 4, "kind": "collagen"}}},
+        channels={
+            "nucleus": 0,
+            "cell": 1,
+            "exosome": 2,
+            "markers": {
+                "cd31": {"channel": 3, "kind": "angiogenesis"},
+                "col1": {"channel": 4, "kind": "collagen"},
+            },
+        },
         collagen={"channel": 4},
     )
     cfg_path = save_config(cfg, tmp_path / "config_idx.yaml")
@@ -249,10 +270,16 @@ def test_pack_plain_folder_with_given_labels(sim_dir, tmp_path, capsys):
     assert not b.has_ground_truth and b.reference_dir is None
     assert b.read_image("dye_only_001").n_channels == 5
     # labels given from a folder: stored in analysis_labels/ and used by validate
-    assert b.channel_roles == {"C0": "nucleus", "C1": "cell", "C2": "exosome", "C3": "cd31",
-                               "C4": "col1"}
-    out2 = datasets.pack_bundle(src, cfg_path, tmp_path / "given2",
-                                with_results=True, labels=sim_dir / "labels")
+    assert b.channel_roles == {
+        "C0": "nucleus",
+        "C1": "cell",
+        "C2": "exosome",
+        "C3": "cd31",
+        "C4": "col1",
+    }
+    out2 = datasets.pack_bundle(
+        src, cfg_path, tmp_path / "given2", with_results=True, labels=sim_dir / "labels"
+    )
     b2 = datasets.read_bundle(out2)
     assert b2.analysis_labels_mode == "analysis_labels"
     assert (out2 / "analysis_labels" / "untreated_000_cells.tif").is_file()
@@ -266,8 +293,7 @@ def test_pack_refuses_existing_output_and_missing_labels(sim_dir, bundle_dir, tm
     empty = tmp_path / "nolabels"
     shutil.copytree(sim_dir / "images", empty / "images")
     with pytest.raises(DatasetError, match="labels/<image>_cells.tif is missing"):
-        datasets.pack_bundle(empty, sim_dir / "config.yaml", tmp_path / "x",
-                             labels="ground_truth")
+        datasets.pack_bundle(empty, sim_dir / "config.yaml", tmp_path / "x", labels="ground_truth")
     assert not (tmp_path / "x").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
@@ -302,8 +328,9 @@ def test_unsafe_zip_members_are_refused(tmp_path, member, mode, message):
     if member == "ABSOLUTE":
         member = str(outside)
     payload = b"/etc/passwd" if mode == 0o120777 else b"evil"
-    evil = _zip_with(tmp_path / "evil.zip",
-                     [("dataset.yaml", b"name: x\n", None), (member, payload, mode)])
+    evil = _zip_with(
+        tmp_path / "evil.zip", [("dataset.yaml", b"name: x\n", None), (member, payload, mode)]
+    )
     before = _listing(tmp_path)
     dest = work / "bundle"
     with pytest.raises(DatasetError, match=message):
@@ -366,8 +393,7 @@ def test_fetch_file_url_right_and_wrong_hash(bundle_zip, tmp_path, capsys, monke
     assert main(["dataset", "fetch", url, "--sha256", _sha(bundle_zip), "--out", str(out)]) == 0
     assert (out / "dataset.yaml").is_file()
     assert list((tmp_path / "envcache" / "downloads").glob("*.zip"))
-    assert main(["dataset", "fetch", url, "--sha256", "1" * 64, "--out",
-                 str(tmp_path / "f2")]) == 1
+    assert main(["dataset", "fetch", url, "--sha256", "1" * 64, "--out", str(tmp_path / "f2")]) == 1
     assert "does not match" in capsys.readouterr().err
 
 
@@ -379,17 +405,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_fetch_over_http(bundle_zip, tmp_path):
     handler = functools.partial(_QuietHandler, directory=str(bundle_zip.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        root = datasets.fetch_bundle(f"{base}/{bundle_zip.name}", _sha(bundle_zip),
-                                     cache_dir=tmp_path / "c", timeout_s=10)
+        root = datasets.fetch_bundle(
+            f"{base}/{bundle_zip.name}", _sha(bundle_zip), cache_dir=tmp_path / "c", timeout_s=10
+        )
         assert datasets.verify_bundle(root) == []
         with pytest.raises(DatasetError, match="HTTP 404"):
-            datasets.fetch_bundle(f"{base}/missing.zip", _sha(bundle_zip),
-                                  cache_dir=tmp_path / "c2", timeout_s=10)
+            datasets.fetch_bundle(
+                f"{base}/missing.zip", _sha(bundle_zip), cache_dir=tmp_path / "c2", timeout_s=10
+            )
     finally:
         server.shutdown()
         server.server_close()
@@ -401,8 +430,9 @@ def test_fetch_offline_error_is_explained(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(DatasetError, match="no network connection"):
-        datasets.fetch_bundle(f"http://127.0.0.1:{port}/b.zip", "a" * 64,
-                              cache_dir=tmp_path / "c", timeout_s=5)
+        datasets.fetch_bundle(
+            f"http://127.0.0.1:{port}/b.zip", "a" * 64, cache_dir=tmp_path / "c", timeout_s=5
+        )
 
 
 # -- the bundled sample dataset ---------------------------------------------------------------
@@ -440,7 +470,8 @@ def test_labels_match_truth_arrays(bundle_dir):
 
     for name in b.image_names:
         np.testing.assert_array_equal(
-            b.truth_cell_labels(name), read_labels(bundle_dir / "labels" / f"{name}_cells.tif"))
+            b.truth_cell_labels(name), read_labels(bundle_dir / "labels" / f"{name}_cells.tif")
+        )
 
 
 # -- a bundle whose analysis segments (segmentation replaced by a deterministic fake) ---------
@@ -455,9 +486,15 @@ def _fake_segmenter(drop: int = 0):
         lab = lab.astype(np.int32)
         if drop:
             lab[np.isin(lab, np.unique(lab[lab > 0])[:drop])] = 0
-        return SimpleNamespace(cells=lab[np.newaxis], nuclei=None, device="cpu",
-                               model_id="fake", model_sha256="0" * 64,
-                               cellpose_version="none", timings={})
+        return SimpleNamespace(
+            cells=lab[np.newaxis],
+            nuclei=None,
+            device="cpu",
+            model_id="fake",
+            model_sha256="0" * 64,
+            cellpose_version="none",
+            timings={},
+        )
 
     return segment
 
@@ -466,8 +503,9 @@ def test_segmentation_bundle_compares_labels(sim_dir, tmp_path, monkeypatch):
     from napari_exouptake import segmentation
 
     monkeypatch.setattr(segmentation, "segment", _fake_segmenter())
-    out = datasets.pack_bundle(sim_dir, sim_dir / "config.yaml", tmp_path / "seg",
-                               with_results=True)
+    out = datasets.pack_bundle(
+        sim_dir, sim_dir / "config.yaml", tmp_path / "seg", with_results=True
+    )
     b = datasets.read_bundle(out)
     assert b.analysis_labels_mode == "segmentation"
     assert (out / "reference" / "labels" / "untreated_000_cells.tif").is_file()

@@ -31,7 +31,7 @@ def two_cells():
     spots = pd.DataFrame(
         {
             "y": [1.2, 2.0, 3.7, 4.6, 20.0],  # 4.6 rounds to row 5: on the boundary, cell 2
-            "x": [1.0, 4.4, 2.2, 3.0, 1.0],   # the last one lies outside the image
+            "x": [1.0, 4.4, 2.2, 3.0, 1.0],  # the last one lies outside the image
             "intensity": [100.0, 200.0, 300.0, 50.0, 70.0],
             "n_estimate": [1.0, 1.0, 2.0, 1.0, 1.0],
         }
@@ -81,8 +81,9 @@ def test_nuclei_compartments_and_perinuclear():
     nuc[4:6, 4:6] = 1  # centroid (4.5, 4.5)
     marker = np.where(nuc > 0, 8.0, 2.0)
     spots = pd.DataFrame({"y": [4.5, 8.5], "x": [7.5, 4.5], "intensity": [1.0, 1.0]})
-    df = measure_cells(lab, {"exosome": np.ones((10, 10)), "nfkb": marker}, spots,
-                       nuclei=nuc, pixel_size_um=0.2)
+    df = measure_cells(
+        lab, {"exosome": np.ones((10, 10)), "nfkb": marker}, spots, nuclei=nuc, pixel_size_um=0.2
+    )
     np.testing.assert_allclose(df["nfkb_nuclear_mean"], 8.0)
     np.testing.assert_allclose(df["nfkb_cytoplasmic_mean"], 2.0)
     np.testing.assert_allclose(df["nfkb_nc_ratio"], 4.0)
@@ -99,8 +100,7 @@ def test_cell_without_nucleus_gets_nan():
     lab[:, 3:] = 2
     nuc = np.zeros_like(lab)
     nuc[2:4, 1] = 1
-    df = measure_cells(lab, {"exosome": np.ones((6, 6)), "m": np.ones((6, 6))}, None,
-                       nuclei=nuc)
+    df = measure_cells(lab, {"exosome": np.ones((6, 6)), "m": np.ones((6, 6))}, None, nuclei=nuc)
     assert np.isfinite(df["m_nuclear_mean"].iloc[0])
     assert np.isnan(df["m_nuclear_mean"].iloc[1])
     assert np.isnan(df["exo_nuc_dist_px"]).all()  # no puncta
@@ -111,8 +111,15 @@ def test_3d_labels():
     lab[1:3, 0:3, 0:3] = 7
     lab[0:4, 3:6, 3:6] = 9
     exo = np.ones(lab.shape)
-    spots = pd.DataFrame({"z": [1.2, 3.0], "y": [1.0, 4.0], "x": [2.0, 4.4],
-                          "intensity": [5.0, 6.0], "n_estimate": [1.0, 3.0]})
+    spots = pd.DataFrame(
+        {
+            "z": [1.2, 3.0],
+            "y": [1.0, 4.0],
+            "x": [2.0, 4.4],
+            "intensity": [5.0, 6.0],
+            "n_estimate": [1.0, 3.0],
+        }
+    )
     df = measure_cells(lab, {"exosome": exo}, spots, pixel_size_um=0.5, z_step_um=2.0)
     assert df["cell_id"].tolist() == [7, 9]
     assert df["area_px"].tolist() == [18, 36]
@@ -126,8 +133,9 @@ def test_3d_labels():
 
 
 def test_no_cells_gives_empty_table_with_columns():
-    df = measure_cells(np.zeros((5, 5), np.uint8), {"exosome": np.zeros((5, 5)),
-                                                    "cd31": np.zeros((5, 5))}, None)
+    df = measure_cells(
+        np.zeros((5, 5), np.uint8), {"exosome": np.zeros((5, 5)), "cd31": np.zeros((5, 5))}, None
+    )
     assert len(df) == 0
     for col in ("cell_id", "exo_spot_count", "cd31_mean_intensity"):
         assert col in df.columns
@@ -174,8 +182,11 @@ def test_measure_other_errors():
     with pytest.raises(ValueError, match="lacks column"):
         measure_cells(lab, ch, pd.DataFrame({"y": [1.0]}))
     with pytest.raises(ValueError, match="lacks column"):
-        measure_cells(np.ones((2, 4, 4), int), {"exosome": np.ones((2, 4, 4))},
-                      pd.DataFrame({"y": [1.0], "x": [1.0]}))
+        measure_cells(
+            np.ones((2, 4, 4), int),
+            {"exosome": np.ones((2, 4, 4))},
+            pd.DataFrame({"y": [1.0], "x": [1.0]}),
+        )
     with pytest.raises(ValueError, match="ImageData"):
         measure_cells(lab, type("I", (), {"data": 0, "channel_names": ()})(), None)
 
@@ -185,21 +196,28 @@ def test_positivity_fixed_auto_control():
     rng = np.random.default_rng(0)
     neg = 0.12 * rng.lognormal(0, 0.35, 300)
     pos = rng.lognormal(0, 0.3, 100)
-    cells = pd.DataFrame({
-        "cell_id": np.arange(400),
-        "exo_spot_count": np.r_[np.zeros(200), np.ones(200) * 3],
-        "cd31_mean_intensity": 100 + 1000 * np.r_[neg, pos],
-    })
+    cells = pd.DataFrame(
+        {
+            "cell_id": np.arange(400),
+            "exo_spot_count": np.r_[np.zeros(200), np.ones(200) * 3],
+            "cd31_mean_intensity": 100 + 1000 * np.r_[neg, pos],
+        }
+    )
     out, thr = apply_positivity(cells)  # defaults: >= 1 punctum, markers auto
     assert out["exo_positive"].sum() == 200
     assert thr["exo"] == 1
     truth = np.r_[np.zeros(300, bool), np.ones(100, bool)]
     assert (out["cd31_positive"] == truth).mean() >= 0.98
-    control = pd.DataFrame({"cd31_mean_intensity": 100 + 1000 * 0.12 * rng.lognormal(0, 0.35,
-                                                                                     500),
-                            "exo_spot_count": np.zeros(500)})
-    cfg = {"exosome": {"method": "fixed", "value": 2, "metric": "exo_spot_count"},
-           "markers": {"method": "control", "metric": "mean_intensity", "percentile": 99}}
+    control = pd.DataFrame(
+        {
+            "cd31_mean_intensity": 100 + 1000 * 0.12 * rng.lognormal(0, 0.35, 500),
+            "exo_spot_count": np.zeros(500),
+        }
+    )
+    cfg = {
+        "exosome": {"method": "fixed", "value": 2, "metric": "exo_spot_count"},
+        "markers": {"method": "control", "metric": "mean_intensity", "percentile": 99},
+    }
     out2, thr2 = apply_positivity(cells, cfg, ["cd31"], control_cells=control)
     assert thr2["exo"] == 2 and out2["exo_positive"].sum() == 200
     assert thr2["cd31"] == pytest.approx(np.percentile(control["cd31_mean_intensity"], 99))
@@ -207,8 +225,9 @@ def test_positivity_fixed_auto_control():
 
 
 def test_positivity_errors():
-    cells = pd.DataFrame({"cell_id": [1, 2], "exo_spot_count": [0, 2],
-                          "cd31_mean_intensity": [1.0, 5.0]})
+    cells = pd.DataFrame(
+        {"cell_id": [1, 2], "exo_spot_count": [0, 2], "cd31_mean_intensity": [1.0, 5.0]}
+    )
     ctrl = {"exosome": {"method": "control", "metric": "exo_spot_count"}}
     with pytest.raises(ValueError, match="control cells"):
         apply_positivity(cells, ctrl)
@@ -230,8 +249,9 @@ def test_auto_threshold_degenerate():
 def test_summarize_image():
     lab, exo, cd31, spots = two_cells()
     cells = measure_cells(lab, {"exosome": exo, "cd31": cd31}, spots)
-    cells, _ = apply_positivity(cells, {"markers": {"method": "fixed", "value": 3,
-                                                    "metric": "mean_intensity"}})
+    cells, _ = apply_positivity(
+        cells, {"markers": {"method": "fixed", "value": 3, "metric": "mean_intensity"}}
+    )
     s = summarize_image(cells, assign_spots(spots, lab))
     assert s["n_cells"] == 3 and s["n_spots"] == 5 and s["n_spots_in_cells"] == 4
     assert s["mean_spots_per_cell"] == pytest.approx(4 / 3)
@@ -266,16 +286,20 @@ def test_measure_matches_regionprops(dtype):
     exo = (rng.random(lab.shape) * 5000).astype(dtype)
     mk = (rng.random(lab.shape) * 60000).astype(dtype)
     df = measure_cells(lab, {"exosome": exo, "m": mk}, None)
-    rp = regionprops_table(lab, intensity_image=np.stack([exo, mk], -1).astype(float),
-                           properties=("label", "area", "centroid", "intensity_mean"))
+    rp = regionprops_table(
+        lab,
+        intensity_image=np.stack([exo, mk], -1).astype(float),
+        properties=("label", "area", "centroid", "intensity_mean"),
+    )
     np.testing.assert_array_equal(df["cell_id"], rp["label"])
     np.testing.assert_allclose(df["area_px"], rp["area"])
     np.testing.assert_allclose(df["centroid_y"], rp["centroid-0"])
     np.testing.assert_allclose(df["centroid_x"], rp["centroid-1"])
     np.testing.assert_allclose(df["exo_mean_intensity"], rp["intensity_mean-0"], rtol=1e-6)
     np.testing.assert_allclose(df["m_mean_intensity"], rp["intensity_mean-1"], rtol=1e-6)
-    np.testing.assert_allclose(df["m_integrated_intensity"],
-                               rp["intensity_mean-1"] * rp["area"], rtol=1e-6)
+    np.testing.assert_allclose(
+        df["m_integrated_intensity"], rp["intensity_mean-1"] * rp["area"], rtol=1e-6
+    )
 
 
 def test_measure_3d_matches_regionprops_and_nuclei():
@@ -287,8 +311,11 @@ def test_measure_3d_matches_regionprops_and_nuclei():
     img = rng.integers(0, 4000, lab.shape).astype(np.uint16)
     nuc = rng.random(lab.shape) < 0.3
     df = measure_cells(lab, {"exosome": img, "m": img}, None, nuclei=nuc)
-    rp = regionprops_table(lab, intensity_image=img.astype(float),
-                           properties=("label", "area", "centroid", "intensity_mean"))
+    rp = regionprops_table(
+        lab,
+        intensity_image=img.astype(float),
+        properties=("label", "area", "centroid", "intensity_mean"),
+    )
     np.testing.assert_allclose(df["area_px"], rp["area"])
     for a, c in enumerate(("z", "y", "x")):
         np.testing.assert_allclose(df[f"centroid_{c}"], rp[f"centroid-{a}"])
@@ -311,14 +338,16 @@ def test_measure_faster_than_regionprops():
     lab = _random_labels((1024, 1024), 400, 7).astype(np.uint16)
     lab[lab == 70000 % 65536] = 1
     rng = np.random.default_rng(8)
-    chans = {k: rng.integers(0, 4000, lab.shape).astype(np.uint16) for k in ("exosome", "a",
-                                                                              "b", "c")}
+    chans = {
+        k: rng.integers(0, 4000, lab.shape).astype(np.uint16) for k in ("exosome", "a", "b", "c")
+    }
     stack = np.stack(list(chans.values()), -1)
     t_rp, t_us = [], []
     for _ in range(3):
         t0 = time.perf_counter()
-        regionprops_table(lab, intensity_image=stack,
-                          properties=("label", "area", "centroid", "intensity_mean"))
+        regionprops_table(
+            lab, intensity_image=stack, properties=("label", "area", "centroid", "intensity_mean")
+        )
         t_rp.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         measure_cells(lab, chans, None)

@@ -25,13 +25,28 @@ def _tiny_results(folder, with_image=True):
     labels[2:8, 3:10] = 1
     labels[10:18, 15:28] = 7
     write_labels(folder / "labels" / "img_cells.tif", labels)
-    cells = pd.DataFrame({"image": ["img", "img"], "cell_id": [1, 7], "area_px": [42, 104],
-                          "exo_spot_count": [2, 1], "exo_mean_intensity": [0.1, 1 / 3],
-                          "exo_positive": [True, False]})
+    cells = pd.DataFrame(
+        {
+            "image": ["img", "img"],
+            "cell_id": [1, 7],
+            "area_px": [42, 104],
+            "exo_spot_count": [2, 1],
+            "exo_mean_intensity": [0.1, 1 / 3],
+            "exo_positive": [True, False],
+        }
+    )
     cells.to_csv(folder / "cells.csv", index=False)
-    spots = pd.DataFrame({"image": ["img"] * 3, "spot_id": [1, 2, 3], "y": [4.25, 5.5, 12.125],
-                          "x": [5.0, 8.75, 20.1], "intensity": [10.0, 2 / 3, 5.5],
-                          "n_estimate": [1.0, 1.0, 2.0], "cell_id": [1, 1, 7]})
+    spots = pd.DataFrame(
+        {
+            "image": ["img"] * 3,
+            "spot_id": [1, 2, 3],
+            "y": [4.25, 5.5, 12.125],
+            "x": [5.0, 8.75, 20.1],
+            "intensity": [10.0, 2 / 3, 5.5],
+            "n_estimate": [1.0, 1.0, 2.0],
+            "cell_id": [1, 1, 7],
+        }
+    )
     spots.to_csv(folder / "spots.csv", index=False)
     if with_image:
         (folder / "images").mkdir()
@@ -102,8 +117,11 @@ def test_writers_round_trip(tmp_path):
     assert out.endswith("spots_out.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out, float_precision="round_trip"), spots)
     # coordinates are added when the features lack them
-    [out] = write_points_features(str(tmp_path / "p.csv"), np.array([[1.0, 2.0]]),
-                                  {"features": pd.DataFrame({"a": [3]}), "name": "p"})
+    [out] = write_points_features(
+        str(tmp_path / "p.csv"),
+        np.array([[1.0, 2.0]]),
+        {"features": pd.DataFrame({"a": [3]}), "name": "p"},
+    )
     assert pd.read_csv(out).to_dict("list") == {"y": [1.0], "x": [2.0], "a": [3]}
     with pytest.raises(ValueError, match="no table"):
         write_labels_features(str(tmp_path / "x.csv"), labels, {"name": "bare"})
@@ -130,15 +148,31 @@ def test_reader_on_cli_output_matches_run(tmp_path):
     out = tmp_path / "out"
     image = SAMPLE_DIR / "images" / f"{IMAGE}.ome.tif"
     try:
-        code = cli.main(["analyze", str(image), "--config", str(SAMPLE_DIR / "config.yaml"),
-                         "--out", str(out), "--labels",
-                         str(SAMPLE_DIR / "labels" / f"{IMAGE}_cells.tif")])
+        code = cli.main(
+            [
+                "analyze",
+                str(image),
+                "--config",
+                str(SAMPLE_DIR / "config.yaml"),
+                "--out",
+                str(out),
+                "--labels",
+                str(SAMPLE_DIR / "labels" / f"{IMAGE}_cells.tif"),
+            ]
+        )
     except TypeError as exc:  # pragma: no cover - core still being wired
         pytest.skip(f"pipeline not ready: {exc}")
     assert code == 0
     layers = {kw["name"]: (d, kw, k) for d, kw, k in read_results_folder(str(out))}
-    assert {"DAPI", "CellMask", "PKH26", "CD31", "COL1", f"{IMAGE} cells",
-            f"{IMAGE} puncta"} <= set(layers)
+    assert {
+        "DAPI",
+        "CellMask",
+        "PKH26",
+        "CD31",
+        "COL1",
+        f"{IMAGE} cells",
+        f"{IMAGE} puncta",
+    } <= set(layers)
     ref = pd.read_parquet(out / "cells.parquet")
     feats = layers[f"{IMAGE} cells"][1]["features"].drop(columns="index")
     pd.testing.assert_frame_equal(feats, ref, check_exact=True)
@@ -161,13 +195,24 @@ def test_reader_on_dataset_bundle(tmp_path):
         shutil.copy(SAMPLE_DIR / "labels" / f"{IMAGE}_{kind}.tif", src / "labels")
     truth = pd.read_csv(SAMPLE_DIR / "truth_spots.csv")
     truth[truth["image"] == IMAGE].to_csv(src / "truth_spots.csv", index=False)
-    bundle = datasets.pack_bundle(src, SAMPLE_DIR / "config.yaml", tmp_path / "bundle",
-                                  with_results=True, labels="ground_truth")
+    bundle = datasets.pack_bundle(
+        src,
+        SAMPLE_DIR / "config.yaml",
+        tmp_path / "bundle",
+        with_results=True,
+        labels="ground_truth",
+    )
     reader = get_reader(str(bundle))
     assert reader is not None and reader.__name__ == "read_bundle_folder"
     layers = {kw["name"]: (d, kw, k) for d, kw, k in reader(str(bundle))}
-    assert {"PKH26", f"{IMAGE} cells (truth)", f"{IMAGE} nuclei (truth)",
-            f"{IMAGE} puncta (truth)", f"{IMAGE} cells", f"{IMAGE} puncta"} <= set(layers)
+    assert {
+        "PKH26",
+        f"{IMAGE} cells (truth)",
+        f"{IMAGE} nuclei (truth)",
+        f"{IMAGE} puncta (truth)",
+        f"{IMAGE} cells",
+        f"{IMAGE} puncta",
+    } <= set(layers)
     ref = pd.read_csv(bundle / "reference" / "cells.csv", float_precision="round_trip")
     feats = layers[f"{IMAGE} cells"][1]["features"]
     assert list(feats["cell_id"]) == list(ref["cell_id"])

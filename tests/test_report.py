@@ -31,37 +31,50 @@ def test_holm_hand_values():
 
 
 def _images() -> pd.DataFrame:
-    return pd.DataFrame({
-        "image": [f"i{k}" for k in range(8)],
-        "condition": ["ctrl"] * 3 + ["ev"] * 3 + ["one"] + ["ctrl2"],
-        "n_cells": [10, 20, 30, 10, 10, 10, 5, 7],
-        "mean_spots_per_cell": [1.0, 2.0, 3.0, 5.0, 6.0, 10.0, 4.0, 1.0],
-        "exo_positive_fraction": [0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.4, 0.1],
-        "collagen_mean_angle_deg": [170.0, 10.0, 0.0, 80.0, 100.0, 90.0, 45.0, 0.0],
-    })
+    return pd.DataFrame(
+        {
+            "image": [f"i{k}" for k in range(8)],
+            "condition": ["ctrl"] * 3 + ["ev"] * 3 + ["one"] + ["ctrl2"],
+            "n_cells": [10, 20, 30, 10, 10, 10, 5, 7],
+            "mean_spots_per_cell": [1.0, 2.0, 3.0, 5.0, 6.0, 10.0, 4.0, 1.0],
+            "exo_positive_fraction": [0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.4, 0.1],
+            "collagen_mean_angle_deg": [170.0, 10.0, 0.0, 80.0, 100.0, 90.0, 45.0, 0.0],
+        }
+    )
 
 
 def test_condition_summary_mean_sem_and_axial_mean():
-    metrics = [Metric("mean_spots_per_cell", "puncta"), Metric("exo_positive_fraction", "%", 100),
-               Metric("collagen_mean_angle_deg", "angle", axial=True)]
+    metrics = [
+        Metric("mean_spots_per_cell", "puncta"),
+        Metric("exo_positive_fraction", "%", 100),
+        Metric("collagen_mean_angle_deg", "angle", axial=True),
+    ]
     table = condition_summary(_images(), metrics, order=["ctrl", "ev", "one"])
     assert table.index.tolist() == ["ctrl", "ev", "one"]
     assert table.loc["ctrl", "n_images"] == 3 and table.loc["ctrl", "n_cells"] == 60
     assert table.loc["ev", "mean_spots_per_cell_mean"] == pytest.approx(7.0)
     assert table.loc["ev", "mean_spots_per_cell_sem"] == pytest.approx(
-        np.std([5, 6, 10], ddof=1) / np.sqrt(3))
+        np.std([5, 6, 10], ddof=1) / np.sqrt(3)
+    )
     assert table.loc["ctrl", "exo_positive_fraction_mean"] == pytest.approx(20.0)
     assert np.isnan(table.loc["one", "mean_spots_per_cell_sem"])  # one image: no SEM
     # 170, 10 and 0 degrees are fibres around 0/180: the axial mean is 0, not 60
-    assert min(table.loc["ctrl", "collagen_mean_angle_deg_mean"] % 180,
-               180 - table.loc["ctrl", "collagen_mean_angle_deg_mean"] % 180) < 1e-6
+    assert (
+        min(
+            table.loc["ctrl", "collagen_mean_angle_deg_mean"] % 180,
+            180 - table.loc["ctrl", "collagen_mean_angle_deg_mean"] % 180,
+        )
+        < 1e-6
+    )
     assert table.loc["ev", "collagen_mean_angle_deg_mean"] == pytest.approx(90.0)
 
 
 def test_compare_to_control_welch_and_small_n():
     images = _images()
-    metrics = [Metric("mean_spots_per_cell", "puncta"),
-               Metric("collagen_mean_angle_deg", "angle", axial=True)]
+    metrics = [
+        Metric("mean_spots_per_cell", "puncta"),
+        Metric("collagen_mean_angle_deg", "angle", axial=True),
+    ]
     st = compare_to_control(images, metrics, "ctrl", order=["ctrl", "ev", "one", "ctrl2"])
     assert st["metric"].tolist() == ["puncta"] * 3  # axial readouts are not tested
     ev = st.set_index("condition").loc["ev"]
@@ -83,8 +96,7 @@ def test_pick_control():
 
 
 def test_report_from_images_table_only(tmp_path):
-    _images().drop(columns="collagen_mean_angle_deg").to_csv(tmp_path / "images.csv",
-                                                             index=False)
+    _images().drop(columns="collagen_mean_angle_deg").to_csv(tmp_path / "images.csv", index=False)
     text = build_report(tmp_path, control="ctrl")
     assert "Welch" in text and "Holm" in text
     assert "n too small for a test (1 vs 3 images" in text
@@ -105,8 +117,14 @@ def results(tmp_path_factory):
     sim = tmp_path_factory.mktemp("sim")
     write_dataset(sim, n_images=8, seed=5, shape=(160, 160))
     out = tmp_path_factory.mktemp("results")
-    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels",
-                        sample_sheet=sim / "conditions.csv", progress=False)
+    res = analyze_batch(
+        sim / "images",
+        sim / "config.yaml",
+        out,
+        labels=sim / "labels",
+        sample_sheet=sim / "conditions.csv",
+        progress=False,
+    )
     assert res.exit_code == 0
     return out
 

@@ -17,18 +17,21 @@ DATA = Path(__file__).parents[2] / "shared" / "data"
 DSB = DATA / "nuclei_dsb2018"
 STARDIST = DATA / "nuclei_stardist"
 
-needs_cp3 = pytest.mark.skipif(S.cellpose_major_version() != 3,
-                               reason="bundled demo models are Cellpose 3 networks")
+needs_cp3 = pytest.mark.skipif(
+    S.cellpose_major_version() != 3, reason="bundled demo models are Cellpose 3 networks"
+)
 
 
 def _has_demo(name: str) -> bool:
     return (S._MODELS_DIR / S.DEMO_MODELS[name]).is_file()
 
 
-needs_demo_nuclei = pytest.mark.skipif(not _has_demo("demo-nuclei"),
-                                       reason="bundled demo-nuclei weights absent")
-needs_demo_cells = pytest.mark.skipif(not _has_demo("demo-cells"),
-                                      reason="bundled demo-cells weights absent")
+needs_demo_nuclei = pytest.mark.skipif(
+    not _has_demo("demo-nuclei"), reason="bundled demo-nuclei weights absent"
+)
+needs_demo_cells = pytest.mark.skipif(
+    not _has_demo("demo-cells"), reason="bundled demo-cells weights absent"
+)
 
 
 def _cfg(**seg) -> AssayConfig:
@@ -36,7 +39,8 @@ def _cfg(**seg) -> AssayConfig:
     px = seg.pop("pixel_size_um", None)
     seg.setdefault("device", "cpu")
     return AssayConfig.model_validate(
-        {"channels": channels, "pixel_size_um": px, "segmentation": seg})
+        {"channels": channels, "pixel_size_um": px, "segmentation": seg}
+    )
 
 
 def _ap50(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -138,10 +142,10 @@ def test_resolve_model_file_and_model_dir(tmp_path, monkeypatch):
 def test_segment_fails_fast_when_builtin_model_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
     name = "cpsam" if S.cellpose_major_version() >= 4 else "cyto3"
-    img = from_array(np.random.default_rng(0).random((2, 64, 64)), axes="CYX",
-                     channel_names=["DAPI", "CellMask"])
-    cfg = _cfg(channels={"nucleus": 0, "cell": 1}, mode="cells", model=name,
-               nuclei_model=name)
+    img = from_array(
+        np.random.default_rng(0).random((2, 64, 64)), axes="CYX", channel_names=["DAPI", "CellMask"]
+    )
+    cfg = _cfg(channels={"nucleus": 0, "cell": 1}, mode="cells", model=name, nuclei_model=name)
     t0 = time.perf_counter()
     with pytest.raises(S.ModelNotAvailableError, match=name):
         S.segment(img, cfg)
@@ -276,8 +280,10 @@ def test_nan_image_raises_clear_error():
     a = np.ones((1, 32, 32), np.float32)
     a[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        S.segment(from_array(a, axes="CYX", channel_names=["DAPI"]),
-                  _cfg(mode="nuclei", model="demo-nuclei"))
+        S.segment(
+            from_array(a, axes="CYX", channel_names=["DAPI"]),
+            _cfg(mode="nuclei", model="demo-nuclei"),
+        )
 
 
 # ----------------------------------------------------------------------------- real network
@@ -310,8 +316,10 @@ def test_demo_nuclei_on_real_nuclei_image():
     img, gt = _stardist()
     # a 256x256 crop keeps the test short; ~35 nuclei, median diameter 23.6 px
     img, gt = img[:256, :256], gt[:256, :256]
-    seg = S.segment(from_array(img[None], axes="CYX", channel_names=["DAPI"]),
-                    _cfg(mode="nuclei", model="demo-nuclei", diameter_px=24))
+    seg = S.segment(
+        from_array(img[None], axes="CYX", channel_names=["DAPI"]),
+        _cfg(mode="nuclei", model="demo-nuclei", diameter_px=24),
+    )
     n_gt = len(np.unique(gt)) - 1
     assert seg.cells.shape == img.shape and seg.cells.dtype.kind in "iu"
     assert 0.8 * n_gt <= seg.n_cells <= 1.2 * n_gt
@@ -320,8 +328,10 @@ def test_demo_nuclei_on_real_nuclei_image():
     assert seg.cellpose_version.startswith("3.")
     # the network is cached: a second call does not load it again
     n_cached = len(S._MODEL_CACHE)
-    S.segment(from_array(img[None, :64, :64], axes="CYX"),
-              _cfg(mode="nuclei", model="demo-nuclei", diameter_px=17))
+    S.segment(
+        from_array(img[None, :64, :64], axes="CYX"),
+        _cfg(mode="nuclei", model="demo-nuclei", diameter_px=17),
+    )
     assert len(S._MODEL_CACHE) == n_cached
 
 
@@ -332,8 +342,7 @@ def test_expand_mode_grows_cells_from_nuclei():
     img, _ = _stardist()
     img = img[:192, :192]
     a = from_array(img[None], axes="CYX", channel_names=["DAPI"], pixel_size_um=0.5)
-    seg = S.segment(a, _cfg(mode="expand", model="demo-nuclei", diameter_px=24,
-                            expand_um=2.0))
+    seg = S.segment(a, _cfg(mode="expand", model="demo-nuclei", diameter_px=24, expand_um=2.0))
     assert seg.nuclei is not None and seg.nuclei.max() > 10
     assert (seg.cells > 0).sum() > 1.2 * (seg.nuclei > 0).sum()
     # every nucleus maps to the cell with its own id (expansion keeps ids)
@@ -348,14 +357,14 @@ def test_expand_mode_grows_cells_from_nuclei():
 def test_time_series_and_z_stack_shapes():
     img, _ = _stardist()
     crop = img[:96, :96]
-    t_img = from_array(np.stack([crop, crop[::-1]])[:, None], axes="TCYX",
-                       channel_names=["DAPI"])
+    t_img = from_array(np.stack([crop, crop[::-1]])[:, None], axes="TCYX", channel_names=["DAPI"])
     seg = S.segment(t_img, _cfg(mode="nuclei", model="demo-nuclei", diameter_px=24))
     assert seg.cells.shape == (2, 96, 96)
     assert seg.cells[0].max() > 3 and seg.cells[1].max() > 3
     z_img = from_array(np.stack([crop, crop])[None], axes="CZYX", channel_names=["DAPI"])
-    seg = S.segment(z_img, _cfg(mode="nuclei", model="demo-nuclei", diameter_px=24,
-                                stitch_threshold=0.3))
+    seg = S.segment(
+        z_img, _cfg(mode="nuclei", model="demo-nuclei", diameter_px=24, stitch_threshold=0.3)
+    )
     assert seg.cells.shape == (2, 96, 96)
     # identical planes stitched: same object ids in both planes
     both = (seg.cells[0] > 0) & (seg.cells[1] > 0)
@@ -376,8 +385,12 @@ def test_demo_cells_on_simulated_image(tmp_path):
     image = read_image(imgf)
     truth = read_labels(Path(out) / "labels" / f"{name}_cells.tif")
     names = [n.lower() for n in image.channel_names]
-    cfg = _cfg(channels={"nucleus": names.index("dapi"), "cell": names.index("cellmask")},
-               mode="cells", model="demo-cells", diameter_px=36)
+    cfg = _cfg(
+        channels={"nucleus": names.index("dapi"), "cell": names.index("cellmask")},
+        mode="cells",
+        model="demo-cells",
+        diameter_px=36,
+    )
     seg = S.segment(image, cfg)
     assert seg.nuclei is not None and seg.nucleus_to_cell is not None
     assert seg.nuclei_model_id == "demo-nuclei"
@@ -398,8 +411,10 @@ def test_train_model_tiny_run_writes_fp16_and_resumes(tmp_path):
     imgs, labs = tmp_path / "images", tmp_path / "labels"
     imgs.mkdir()
     labs.mkdir()
-    stems = ["00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552",
-             "077f026f4ab0f0bcc0856644d99cbf639e443ec4f067d7b708bc6cecac609424"]
+    stems = [
+        "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552",
+        "077f026f4ab0f0bcc0856644d99cbf639e443ec4f067d7b708bc6cecac609424",
+    ]
     for s in stems:
         shutil.copy(DSB / "images" / f"{s}.png", imgs)
         shutil.copy(DSB / "labels" / f"{s}.tif", labs)
@@ -424,8 +439,10 @@ def test_estimate_diameter_close_to_truth():
     img, gt = _stardist()
     img, gt = img[:256, :256], gt[:256, :256]
     d_true = S._median_diameter(gt)  # 23.6 px
-    d = S.estimate_diameter(from_array(img[None], axes="CYX", channel_names=["DAPI"]),
-                            _cfg(mode="nuclei", model="demo-nuclei", diameter_px=None))
+    d = S.estimate_diameter(
+        from_array(img[None], axes="CYX", channel_names=["DAPI"]),
+        _cfg(mode="nuclei", model="demo-nuclei", diameter_px=None),
+    )
     assert 0.75 * d_true <= d <= 1.3 * d_true
 
 

@@ -318,20 +318,25 @@ def _sim_scores(difficulty, seeds=(501, 502)):
 
     f1, r, r_marker = [], [], []
     for i, seed in enumerate(seeds):
-        sim = sim_mod.simulate_image(seed, condition=("ev_high", "ev_low")[i % 2],
-                                     difficulty=difficulty)
+        sim = sim_mod.simulate_image(
+            seed, condition=("ev_high", "ev_low")[i % 2], difficulty=difficulty
+        )
         names = list(sim.channel_names)
         exo = sim.image[names.index("PKH26")]
         spots = detect_spots(exo)
         f1.append(match_spots(spots, sim.spots, 2.0).f1)
-        chans = {"exosome": exo, "cd31": sim.image[names.index("CD31")],
-                 "col1": sim.image[names.index("COL1")]}
+        chans = {
+            "exosome": exo,
+            "cd31": sim.image[names.index("CD31")],
+            "col1": sim.image[names.index("COL1")],
+        }
         cells = measure_cells(sim.cells, chans, spots)
         truth = sim.truth_cells.set_index("cell_id").loc[cells["cell_id"]]
         r.append(np.corrcoef(cells["exo_spot_estimate"], truth["n_spots"])[0, 1])
         for m in ("cd31", "col1"):
-            r_marker.append(np.corrcoef(cells[f"{m}_mean_intensity"],
-                                        truth[f"{m}_true_mean"])[0, 1])
+            r_marker.append(
+                np.corrcoef(cells[f"{m}_mean_intensity"], truth[f"{m}_true_mean"])[0, 1]
+            )
     return float(np.mean(f1)), float(np.mean(r)), float(np.min(r_marker))
 
 
@@ -348,19 +353,25 @@ def test_simulated_regression_levels_and_marker_target():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="targets F1 >= 0.95 / count r >= 0.98 at normal not met: "
-                   "measured F1 0.875 / r 0.963 (seeds 601-604), 0.869 / 0.935 (501/502); "
-                   "crowded puncta 2-4 px apart merge; with split_merged=True 0.885 / 0.965 "
-                   "(601-604), 0.879 / 0.958 (701-704)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="targets F1 >= 0.95 / count r >= 0.98 at normal not met: "
+    "measured F1 0.875 / r 0.963 (seeds 601-604), 0.869 / 0.935 (501/502); "
+    "crowded puncta 2-4 px apart merge; with split_merged=True 0.885 / 0.965 "
+    "(601-604), 0.879 / 0.958 (701-704)",
+)
 def test_simulated_normal_targets():
     f1, r, _ = _sim_scores("normal")
     assert f1 >= 0.95 and r >= 0.98
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target F1 >= 0.80 at hard not met: measured 0.724 "
-                   "(seeds 601-604), 0.713 (501/502); count r 0.905 / 0.851 vs target 0.90; "
-                   "split_merged=True: F1 0.722 (601-604 and 701-704), r 0.904 / 0.866")
+@pytest.mark.xfail(
+    strict=True,
+    reason="target F1 >= 0.80 at hard not met: measured 0.724 "
+    "(seeds 601-604), 0.713 (501/502); count r 0.905 / 0.851 vs target 0.90; "
+    "split_merged=True: F1 0.722 (601-604 and 701-704), r 0.904 / 0.866",
+)
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")
     assert f1 >= 0.80 and r >= 0.90

@@ -138,8 +138,16 @@ def test_dark_tubes_and_pixel_size():
 def test_all_zero_image_gives_zeros():
     r = analyze_tubes(np.zeros((64, 64)))
     m = r.metrics
-    for k in ("tube_total_length_um", "tube_junctions", "tube_meshes", "tube_extremities",
-              "tube_segments", "tube_branches", "tube_vessel_count", "tube_vessel_area_fraction"):
+    for k in (
+        "tube_total_length_um",
+        "tube_junctions",
+        "tube_meshes",
+        "tube_extremities",
+        "tube_segments",
+        "tube_branches",
+        "tube_vessel_count",
+        "tube_vessel_area_fraction",
+    ):
         assert m[k] == 0, k
     assert not r.skeleton.any()
     assert r.junctions.shape == (0, 2)

@@ -14,13 +14,13 @@ from napari_exouptake import validation as V
 # -- segmentation -----------------------------------------------------------------------------
 def _squares() -> tuple[np.ndarray, np.ndarray]:
     truth = np.zeros((40, 40), np.uint16)
-    truth[0:10, 0:10] = 1      # pred 5 shifted by 2 columns: IoU 80/120
-    truth[20:30, 0:10] = 2     # pred 6 shifted by 5 columns: IoU 50/150 (no match)
-    truth[20:30, 20:30] = 3    # missed entirely
+    truth[0:10, 0:10] = 1  # pred 5 shifted by 2 columns: IoU 80/120
+    truth[20:30, 0:10] = 2  # pred 6 shifted by 5 columns: IoU 50/150 (no match)
+    truth[20:30, 20:30] = 3  # missed entirely
     pred = np.zeros_like(truth)
     pred[0:10, 2:12] = 5
     pred[20:30, 5:15] = 6
-    pred[0:5, 30:35] = 7       # false positive
+    pred[0:5, 30:35] = 7  # false positive
     return truth, pred
 
 
@@ -115,7 +115,7 @@ def test_count_correlation():
 def test_accuracy_against_truth_matches_cells_by_overlap():
     truth, _ = _squares()
     pred = np.zeros_like(truth)
-    pred[0:10, 1:11] = 7   # truth 1 (IoU 90/110)
+    pred[0:10, 1:11] = 7  # truth 1 (IoU 90/110)
     pred[20:30, 20:30] = 4  # truth 3 exactly
     cells = pd.DataFrame({"image": "a", "cell_id": [4, 7], "exo_spot_count": [5, 2]})
     truth_cells = pd.DataFrame({"image": "a", "cell_id": [1, 2, 3], "n_spots": [2, 9, 4]})
@@ -130,8 +130,7 @@ def test_accuracy_against_truth_matches_cells_by_overlap():
 
 # -- tolerances and reference comparison ------------------------------------------------------
 def test_resolve_tolerance_most_specific_wins():
-    tol = {"cells.*": {"rtol": 0.1}, "cells.*_positive": {"atol": 0},
-           "cells.area_px": {"atol": 2}}
+    tol = {"cells.*": {"rtol": 0.1}, "cells.*_positive": {"atol": 0}, "cells.area_px": {"atol": 2}}
     assert V.resolve_tolerance("cells.area_px", tol).atol == 2
     assert V.resolve_tolerance("cells.cd31_positive", tol) == V.Tolerance(atol=0)
     assert V.resolve_tolerance("cells.exo_mean_intensity", tol).rtol == 0.1
@@ -143,15 +142,26 @@ def test_resolve_tolerance_most_specific_wins():
 
 
 def _tables() -> V.RunTables:
-    cells = pd.DataFrame({
-        "image": ["a", "a", "b"], "cell_id": [1, 2, 1], "area_px": [100, 120, 90],
-        "exo_spot_count": [3, 0, 1], "exo_mean_intensity": [10.0, 12.5, 9.0],
-        "exo_positive": [True, False, True], "condition": ["x", "x", "y"],
-    })
-    images = pd.DataFrame({"image": ["a", "b"], "n_cells": [2, 1], "n_spots": [3, 1],
-                           "exo_positive_fraction": [0.5, 1.0]})
-    spots = pd.DataFrame({"image": ["a", "a", "a", "b"], "y": [1.0, 5, 9, 3],
-                          "x": [1.0, 5, 9, 3]})
+    cells = pd.DataFrame(
+        {
+            "image": ["a", "a", "b"],
+            "cell_id": [1, 2, 1],
+            "area_px": [100, 120, 90],
+            "exo_spot_count": [3, 0, 1],
+            "exo_mean_intensity": [10.0, 12.5, 9.0],
+            "exo_positive": [True, False, True],
+            "condition": ["x", "x", "y"],
+        }
+    )
+    images = pd.DataFrame(
+        {
+            "image": ["a", "b"],
+            "n_cells": [2, 1],
+            "n_spots": [3, 1],
+            "exo_positive_fraction": [0.5, 1.0],
+        }
+    )
+    spots = pd.DataFrame({"image": ["a", "a", "a", "b"], "y": [1.0, 5, 9, 3], "x": [1.0, 5, 9, 3]})
     return V.RunTables(cells, images, spots)
 
 
@@ -160,8 +170,14 @@ def test_compare_identical_and_perturbed():
     ok = V.compare_results(_tables(), ref, V.DEFAULT_TOLERANCES)
     assert ok and all(c.ok for c in ok)
     names = {c.metric for c in ok}
-    assert {"images.n_cells", "images.n_spots", "cells.area_px", "cells.exo_spot_count",
-            "cells.exo_positive", "spots.f1"} <= names
+    assert {
+        "images.n_cells",
+        "images.n_spots",
+        "cells.area_px",
+        "cells.exo_spot_count",
+        "cells.exo_positive",
+        "spots.f1",
+    } <= names
     assert "cells.condition" not in names and "cells.cell_id" not in names
     new = _tables()
     new.cells.loc[1, "exo_mean_intensity"] = 12.6  # 0.8 % > rtol 1e-3

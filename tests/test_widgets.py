@@ -110,7 +110,10 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
         assert f"{IMAGE} cells" in viewer.layers, widget.status.text()
         cells_layer = viewer.layers[f"{IMAGE} cells"]
         assert cells_layer.metadata["exouptake"]["computed_from"][:3] == [
-            "DAPI", "CellMask", "PKH26"]
+            "DAPI",
+            "CellMask",
+            "PKH26",
+        ]
         assert widget.cells_combo.currentText() == cells_layer.name
     else:  # ground-truth labels route for both faces
         widget.cells_combo.setCurrentText(TRUTH_LAYER)
@@ -145,16 +148,25 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
 
         labels_arg = write_labels(tmp_path / f"{IMAGE}_cells.tif", np.asarray(cells_layer.data))
     out = tmp_path / "cli_out"
-    code = cli.main(["analyze", str(IMAGE_PATH), "--config", str(cfg_path), "--out", str(out),
-                     "--labels", str(labels_arg)])
+    code = cli.main(
+        [
+            "analyze",
+            str(IMAGE_PATH),
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out),
+            "--labels",
+            str(labels_arg),
+        ]
+    )
     assert code == 0
     ref = pd.read_parquet(out / "cells.parquet")
     mine = feats.drop(columns="index").reset_index(drop=True)
     assert list(ref["cell_id"]) == list(mine["cell_id"])
     common = [c for c in ref.columns if c in mine.columns]
     assert len(common) >= 10 and set(ref.columns) <= set(mine.columns)
-    pd.testing.assert_frame_equal(mine[common], ref[common], check_exact=True,
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(mine[common], ref[common], check_exact=True, check_dtype=False)
     ref_spots = pd.read_csv(out / "spots.csv", float_precision="round_trip")
     assert len(ref_spots) == len(points.features)
     np.testing.assert_array_equal(ref_spots["intensity"], points.features["intensity"])
@@ -164,11 +176,18 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
     other_viewer.open(str(out), plugin="napari-exouptake")
     reopened = other_viewer.layers[f"{IMAGE} cells"]
     np.testing.assert_array_equal(reopened.data, cells_layer.data)
-    pd.testing.assert_frame_equal(reopened.features[common], feats[common], check_exact=True,
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        reopened.features[common], feats[common], check_exact=True, check_dtype=False
+    )
     np.testing.assert_array_equal(other_viewer.layers[f"{IMAGE} puncta"].data, points.data)
-    assert {ly.name for ly in other_viewer.layers} >= {"DAPI", "CellMask", "PKH26", "CD31",
-                                                       "COL1", f"{IMAGE} puncta"}
+    assert {ly.name for ly in other_viewer.layers} >= {
+        "DAPI",
+        "CellMask",
+        "PKH26",
+        "CD31",
+        "COL1",
+        f"{IMAGE} puncta",
+    }
 
     # positivity: a new threshold re-classifies the stored table instantly
     spin = widget._threshold_spins["exo"]
@@ -192,8 +211,9 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
 
     # the npe2 writer saves the layer's table (File > Save Selected Layers)
     viewer.layers.selection = {cells_layer}
-    [saved_csv] = viewer.layers.save(str(tmp_path / "from_layer.csv"), selected=True,
-                                     plugin="napari-exouptake")
+    [saved_csv] = viewer.layers.save(
+        str(tmp_path / "from_layer.csv"), selected=True, plugin="napari-exouptake"
+    )
     back = pd.read_csv(saved_csv, float_precision="round_trip")
     assert list(back["cell_id"]) == list(feats["cell_id"])
     np.testing.assert_array_equal(back["exo_positive"], cells_layer.features["exo_positive"])
@@ -232,8 +252,7 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
 
     # export tables and a QC screenshot
     written = widget.export_tables(tmp_path / "export")
-    assert {p.name for p in written} == {"cells.csv", "cells.parquet", "spots.csv",
-                                         "spots.parquet"}
+    assert {p.name for p in written} == {"cells.csv", "cells.parquet", "spots.csv", "spots.parquet"}
     exported = pd.read_parquet(tmp_path / "export" / "cells.parquet")
     np.testing.assert_array_equal(exported["exo_positive"], pos)
     shot = widget.save_screenshot(tmp_path / "qc.png")
@@ -294,8 +313,9 @@ def test_live_preview_on_visible_region(widget, qtbot):
     n_before = len(layer.data)
     widget.threshold_auto.setChecked(False)
     widget.threshold_spin.setValue(1e6)  # nothing is that bright: the preview empties
-    qtbot.waitUntil(lambda: len(widget.viewer.layers["puncta preview"].data) < n_before,
-                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: len(widget.viewer.layers["puncta preview"].data) < n_before, timeout=TIMEOUT_MS
+    )
     assert len(widget.viewer.layers["puncta preview"].data) == 0
     widget.preview_check.setChecked(False)
     assert "puncta preview" not in widget.viewer.layers
@@ -337,9 +357,15 @@ def test_multichannel_layer_source(make_napari_viewer, qtbot):
 
     img = read_image(IMAGE_PATH)
     viewer = make_napari_viewer()
-    viewer.add_image(img.data[:, 0], name="stack",
-                     metadata={"channel_names": list(img.channel_names), "source": str(IMAGE_PATH),
-                               "pixel_size_um": img.pixel_size_um})
+    viewer.add_image(
+        img.data[:, 0],
+        name="stack",
+        metadata={
+            "channel_names": list(img.channel_names),
+            "source": str(IMAGE_PATH),
+            "pixel_size_um": img.pixel_size_um,
+        },
+    )
     w = ExoUptakeWidget(viewer)
     labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
     assert "stack [2: PKH26]" in labels
@@ -449,8 +475,7 @@ def test_real_segmentation_equals_cli(widget, qtbot, tmp_path):
 
     cfg_path = widget.save_config(tmp_path / "assay.yaml")
     out = tmp_path / "cli_out"
-    assert cli.main(["analyze", str(IMAGE_PATH), "--config", str(cfg_path), "--out",
-                     str(out)]) == 0
+    assert cli.main(["analyze", str(IMAGE_PATH), "--config", str(cfg_path), "--out", str(out)]) == 0
     ref = pd.read_parquet(out / "cells.parquet")
     mine = feats.drop(columns="index").reset_index(drop=True)
     common = [c for c in ref.columns if c in mine.columns]

@@ -305,8 +305,10 @@ def synthetic_fibres(
         raise ValueError(f"alignment (von Mises kappa) must be >= 0, got {alignment}")
     rng = np.random.default_rng(seed)
     mu2 = np.deg2rad(2 * mean_angle_deg)
-    two_theta = rng.vonmises(mu2, alignment, n_fibres) if alignment > 0 else rng.uniform(
-        -np.pi, np.pi, n_fibres
+    two_theta = (
+        rng.vonmises(mu2, alignment, n_fibres)
+        if alignment > 0
+        else rng.uniform(-np.pi, np.pi, n_fibres)
     )
     theta = (two_theta / 2) % np.pi
     centres = rng.uniform([0, 0], shape, (n_fibres, 2))

@@ -195,7 +195,7 @@ def _unique_names(paths: Sequence[Path]) -> list[InputFile]:
             if parts:
                 name = "_".join((*parts, stem))
             else:  # same folder, same stem, other type (a.tif, a.png): a_tif, a_png
-                name = f"{stem}_{p.name[len(stem):].lstrip('.').replace('.', '_')}"
+                name = f"{stem}_{p.name[len(stem) :].lstrip('.').replace('.', '_')}"
             named.append(InputFile(p, name))
     # a folder-prefixed name can still meet another file's stem: number the repeats
     seen: dict[str, int] = {}
@@ -306,7 +306,8 @@ class _LabelsIndex:
             return
         if self.path.is_dir():
             self.files = sorted(
-                e.name for e in os.scandir(self.path)
+                e.name
+                for e in os.scandir(self.path)
                 if e.is_file() and e.name.lower().endswith((".tif", ".tiff"))
             )
         elif not self.path.is_file():
@@ -340,8 +341,9 @@ class _Task:
     overlays: bool = True
 
 
-def _key(kind: str, f: InputFile, config: AssayConfig, labels: _LabelsIndex,
-         z_mode: str) -> dict[str, Any]:
+def _key(
+    kind: str, f: InputFile, config: AssayConfig, labels: _LabelsIndex, z_mode: str
+) -> dict[str, Any]:
     from ._version import __version__
 
     return {
@@ -438,8 +440,10 @@ def _worker_logging(out: str) -> None:
         return
     _WORKER_LOGS.add(out)
     pkg = logging.getLogger("napari_exouptake")
-    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(Path(out) / _LOG_NAME)
-           for h in pkg.handlers):
+    if any(
+        isinstance(h, logging.FileHandler) and h.baseFilename == str(Path(out) / _LOG_NAME)
+        for h in pkg.handlers
+    ):
         return  # the parent process itself (serial run) already logs there
     handler = logging.FileHandler(Path(out) / _LOG_NAME, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
@@ -594,11 +598,20 @@ def _run_task(task: _Task) -> dict[str, Any]:
         else:
             info = _segment_file(task)
         seconds = time.perf_counter() - t0
-        log.info("%s: done in %.2f s (%s)", task.name, seconds,
-                 ", ".join(f"{k} {v}" for k, v in info.items() if k != "files"))
-        return {"image": task.name, "ok": True, "seconds": seconds,
-                "cpu_s": time.process_time() - c0,
-                "worker": f"{platform.node()}:{os.getpid()}", **info}
+        log.info(
+            "%s: done in %.2f s (%s)",
+            task.name,
+            seconds,
+            ", ".join(f"{k} {v}" for k, v in info.items() if k != "files"),
+        )
+        return {
+            "image": task.name,
+            "ok": True,
+            "seconds": seconds,
+            "cpu_s": time.process_time() - c0,
+            "worker": f"{platform.node()}:{os.getpid()}",
+            **info,
+        }
     except Exception as exc:  # a broken image must not stop the batch
         seconds = time.perf_counter() - t0
         msg = f"{type(exc).__name__}: {exc}"
@@ -636,15 +649,17 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             if task.overlays and res.exo_image is not None:
                 (tmp / "qc").mkdir(exist_ok=True)
                 iio.imwrite(tmp / "qc" / f"{unit.name}_overlay.png", qc_overlay(res))
-            units_meta.append({
-                "image": unit.name,
-                "series": unit.series,
-                "t": unit.t,
-                "z": unit.z,
-                "readouts": res.extras.get("readouts", {}),
-                "provenance": res.provenance,
-                "nuclei": res.nuclei_labels is not None,
-            })
+            units_meta.append(
+                {
+                    "image": unit.name,
+                    "series": unit.series,
+                    "t": unit.t,
+                    "z": unit.z,
+                    "readouts": res.extras.get("readouts", {}),
+                    "provenance": res.provenance,
+                    "nuclei": res.nuclei_labels is not None,
+                }
+            )
         if not units_meta:
             raise ValueError(f"{task.path}: the file holds no image")
         cells = pd.concat(cells_frames, ignore_index=True)
@@ -765,13 +780,18 @@ def _dask_forkserver_preload() -> None:
 
     ctx = utils.get_mp_context()  # sets Dask's own preload list once
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["distributed", "numpy", "pandas", "napari_exouptake.batch",
-                                    "napari_exouptake.pipeline"])
+        ctx.set_forkserver_preload(
+            [
+                "distributed",
+                "numpy",
+                "pandas",
+                "napari_exouptake.batch",
+                "napari_exouptake.pipeline",
+            ]
+        )
 
 
-def _execute_dask(
-    tasks: Sequence[_Task], workers: int, scheduler: str
-) -> Iterator[dict[str, Any]]:
+def _execute_dask(tasks: Sequence[_Task], workers: int, scheduler: str) -> Iterator[dict[str, Any]]:
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -805,12 +825,18 @@ def _execute_dask(
             client = Client(scheduler, timeout="30s")
         except OSError as exc:
             raise BatchUsageError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
-    log.info("running %d image(s) on Dask %s (%d worker(s))", len(tasks),
-             "local cluster" if cluster else scheduler, len(client.scheduler_info()["workers"]))
+    log.info(
+        "running %d image(s) on Dask %s (%d worker(s))",
+        len(tasks),
+        "local cluster" if cluster else scheduler,
+        len(client.scheduler_info()["workers"]),
+    )
     try:
         token = uuid.uuid4().hex[:8]
         futures = client.map(
-            _run_task, list(tasks), pure=False,
+            _run_task,
+            list(tasks),
+            pure=False,
             key=[f"exouptake-{t.kind}-{t.name}-{token}" for t in tasks],
         )
         by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
@@ -902,36 +928,47 @@ def merge_parts(
             meta.update(source_image=name, series=int(u["series"]), t=int(u["t"]), z=u["z"])
             meta_of[img] = meta
             files_of[img] = pdir
-            results.append(AnalysisResult(
-                image=img,
-                cells_labels=np.zeros((0, 0), np.int32),  # labels stay on disk in the part
-                nuclei_labels=None,
-                spots=spots,
-                cells=cells,
-                summary={},
-                provenance=u["provenance"],
-                condition=None if condition is None else str(condition),
-                extras={"readouts": u.get("readouts", {}), "nuclei": u.get("nuclei", False)},
-            ))
+            results.append(
+                AnalysisResult(
+                    image=img,
+                    cells_labels=np.zeros((0, 0), np.int32),  # labels stay on disk in the part
+                    nuclei_labels=None,
+                    spots=spots,
+                    cells=cells,
+                    summary={},
+                    provenance=u["provenance"],
+                    condition=None if condition is None else str(condition),
+                    extras={"readouts": u.get("readouts", {}), "nuclei": u.get("nuclei", False)},
+                )
+            )
     results.sort(key=lambda r: r.image)
     if not results:
         log.error("no finished image to merge in %s", out)
         return {}
     dupes = pd.Series([r.image for r in results]).duplicated()
     if dupes.any():
-        log.warning("image names repeat across inputs (%s); rename the files",
-                    results[int(np.flatnonzero(dupes.to_numpy())[0])].image)
+        log.warning(
+            "image names repeat across inputs (%s); rename the files",
+            results[int(np.flatnonzero(dupes.to_numpy())[0])].image,
+        )
     results = finalize(results, config)
 
     # which stack columns this run needs (all images get them, with 0 where not split)
     metas = [meta_of[r.image] for r in results]
-    sheet_cols = [c for c in (sample_sheet.columns if sample_sheet is not None else [])
-                  if c not in ("pattern", "condition")]
-    stack_cols = [c for c, pred in (
-        ("series", lambda m: m["series"] > 0),
-        ("t", lambda m: m["t"] > 0),
-        ("z", lambda m: m["z"] is not None),
-    ) if any(pred(m) for m in metas)]
+    sheet_cols = [
+        c
+        for c in (sample_sheet.columns if sample_sheet is not None else [])
+        if c not in ("pattern", "condition")
+    ]
+    stack_cols = [
+        c
+        for c, pred in (
+            ("series", lambda m: m["series"] > 0),
+            ("t", lambda m: m["t"] > 0),
+            ("z", lambda m: m["z"] is not None),
+        )
+        if any(pred(m) for m in metas)
+    ]
     add_cols = sheet_cols + (["source_image", *stack_cols] if stack_cols else [])
 
     def with_meta(df: pd.DataFrame, meta: dict[str, Any], after: str) -> pd.DataFrame:
@@ -946,17 +983,25 @@ def merge_parts(
         return df
 
     cells = pd.concat(
-        [with_meta(r.cells.copy(), meta_of[r.image], "condition" if r.condition else "image")
-         for r in results], ignore_index=True,
+        [
+            with_meta(r.cells.copy(), meta_of[r.image], "condition" if r.condition else "image")
+            for r in results
+        ],
+        ignore_index=True,
     )
     spots = pd.concat(
         [with_meta(r.spots.copy(), meta_of[r.image], "image") for r in results],
         ignore_index=True,
     )
     images = images_table(results)
-    image_rows = [with_meta(images.iloc[[i]].reset_index(drop=True), meta_of[r.image],
-                            "condition" if "condition" in images.columns else "image")
-                  for i, r in enumerate(results)]
+    image_rows = [
+        with_meta(
+            images.iloc[[i]].reset_index(drop=True),
+            meta_of[r.image],
+            "condition" if "condition" in images.columns else "image",
+        )
+        for i, r in enumerate(results)
+    ]
     images = pd.concat(image_rows, ignore_index=True)
 
     paths: dict[str, Path] = {}
@@ -977,8 +1022,12 @@ def merge_parts(
         run.update(extra_run_info)
     from .pipeline import _json_default
 
-    atomic_write(out / "run.json", lambda tmp: tmp.write_text(
-        json.dumps(run, indent=2, default=_json_default), encoding="utf-8"))
+    atomic_write(
+        out / "run.json",
+        lambda tmp: tmp.write_text(
+            json.dumps(run, indent=2, default=_json_default), encoding="utf-8"
+        ),
+    )
     paths["run"] = out / "run.json"
     return paths
 
@@ -1088,13 +1137,25 @@ def _clean_stale(out: Path) -> None:
 def _progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="image",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 def _run_tasks(
-    tasks: list[_Task], out: Path, workers: int, scheduler: str | None, progress: bool,
-    result: BatchResult, force: bool,
+    tasks: list[_Task],
+    out: Path,
+    workers: int,
+    scheduler: str | None,
+    progress: bool,
+    result: BatchResult,
+    force: bool,
     on_progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> None:
@@ -1104,33 +1165,50 @@ def _run_tasks(
         if _is_done(t, manifest, out):
             result.skipped.append(t.name)
             if _jsonable(t.key) != manifest.get(t.name, {}).get("key"):
-                _append_manifest(out, {  # finished just before a kill: record it now
-                    "image": t.name, "path": t.path, "status": "done", "recovered": True,
-                    "key": _jsonable(t.key), "config_sha256": config_hash(t.config),
-                })
+                _append_manifest(
+                    out,
+                    {  # finished just before a kill: record it now
+                        "image": t.name,
+                        "path": t.path,
+                        "status": "done",
+                        "recovered": True,
+                        "key": _jsonable(t.key),
+                        "config_sha256": config_hash(t.config),
+                    },
+                )
         else:
             todo.append(t)
     if result.skipped:
-        log.info("%d image(s) already done with the same config and files: skipped",
-                 len(result.skipped))
+        log.info(
+            "%d image(s) already done with the same config and files: skipped", len(result.skipped)
+        )
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar, \
-            logging_redirect_tqdm():
+    with (
+        _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar,
+        logging_redirect_tqdm(),
+    ):
         by_name = {t.name: t for t in todo}
         for outcome in _execute(todo, workers, scheduler):
             task = by_name[outcome["image"]]
             if outcome["ok"]:
                 result.done.append(task.name)
-                _append_manifest(out, {
-                    "image": task.name, "path": task.path, "status": "done",
-                    "key": _jsonable(task.key), "config_sha256": config_hash(task.config),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "seconds": round(float(outcome["seconds"]), 3),
-                    "cpu_s": round(float(outcome.get("cpu_s", float("nan"))), 3),
-                    "worker": outcome.get("worker"),
-                    "units": outcome.get("units"), "files": outcome.get("files", []),
-                })
+                _append_manifest(
+                    out,
+                    {
+                        "image": task.name,
+                        "path": task.path,
+                        "status": "done",
+                        "key": _jsonable(task.key),
+                        "config_sha256": config_hash(task.config),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "seconds": round(float(outcome["seconds"]), 3),
+                        "cpu_s": round(float(outcome.get("cpu_s", float("nan"))), 3),
+                        "worker": outcome.get("worker"),
+                        "units": outcome.get("units"),
+                        "files": outcome.get("files", []),
+                    },
+                )
             else:
                 result.failed[task.name] = outcome["error"]
             bar.set_postfix(failed=len(result.failed), refresh=False)
@@ -1152,8 +1230,9 @@ def _write_failures(out: Path, result: BatchResult) -> None:
             path.unlink()
         return
     paths = {f.name: str(f.path) for f in result.inputs}
-    rows = [{"image": k, "path": paths.get(k, ""), "error": v}
-            for k, v in sorted(result.failed.items())]
+    rows = [
+        {"image": k, "path": paths.get(k, ""), "error": v} for k, v in sorted(result.failed.items())
+    ]
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     log.error("%d of %d image(s) failed; see %s", len(rows), len(result.inputs), path)
 
@@ -1227,30 +1306,75 @@ def analyze_batch(
     index = _LabelsIndex(labels)
     result = BatchResult(out=out, inputs=files)
     with _log_to_file(out / _LOG_NAME):
-        executor = (f"dask:{scheduler}" if scheduler else
-                    f"processes:{workers}" if workers > 1 else "serial")
+        executor = (
+            f"dask:{scheduler}"
+            if scheduler
+            else f"processes:{workers}"
+            if workers > 1
+            else "serial"
+        )
         log.info("exouptake analyze: %d input file(s) -> %s (%s)", len(files), out, executor)
         _clean_stale(out)
         tasks = [
-            _Task("analyze", f.name, str(f.path), str(out.resolve()), config,
-                  _key("analyze", f, config, index, z_mode),
-                  str(Path(labels).resolve()) if labels is not None else None, z_mode, overlays)
+            _Task(
+                "analyze",
+                f.name,
+                str(f.path),
+                str(out.resolve()),
+                config,
+                _key("analyze", f, config, index, z_mode),
+                str(Path(labels).resolve()) if labels is not None else None,
+                z_mode,
+                overlays,
+            )
             for f in files
         ]
-        _run_tasks(tasks, out, workers, scheduler, progress, result, force,
-                   on_progress=on_progress, cancel=cancel)
+        _run_tasks(
+            tasks,
+            out,
+            workers,
+            scheduler,
+            progress,
+            result,
+            force,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
         _write_failures(out, result)
         finished = set(result.done) | set(result.skipped)
-        ok = [f.name for f in files if f.name not in result.failed
-              and (not result.cancelled or f.name in finished)]
-        result.tables = merge_parts(out, ok, config, sample_sheet=sheet, extra_run_info={
-            "batch": {"inputs": len(files), "failed": sorted(result.failed),
-                      "sample_sheet": str(sample_sheet) if isinstance(sample_sheet, (str, Path))
-                      else None},
-        }) if ok else {}
+        ok = [
+            f.name
+            for f in files
+            if f.name not in result.failed and (not result.cancelled or f.name in finished)
+        ]
+        result.tables = (
+            merge_parts(
+                out,
+                ok,
+                config,
+                sample_sheet=sheet,
+                extra_run_info={
+                    "batch": {
+                        "inputs": len(files),
+                        "failed": sorted(result.failed),
+                        "sample_sheet": str(sample_sheet)
+                        if isinstance(sample_sheet, (str, Path))
+                        else None,
+                    },
+                },
+            )
+            if ok
+            else {}
+        )
         result.wall_s = time.perf_counter() - t0
-        log.info("analyzed %d, reused %d, failed %d image file(s) in %.1f s -> %s",
-                 len(result.done), len(result.skipped), len(result.failed), result.wall_s, out)
+        log.info(
+            "analyzed %d, reused %d, failed %d image file(s) in %.1f s -> %s",
+            len(result.done),
+            len(result.skipped),
+            len(result.failed),
+            result.wall_s,
+            out,
+        )
     return result
 
 
@@ -1270,8 +1394,16 @@ def run_analyze(
     Usage mistakes raise :class:`BatchUsageError` / ``FileNotFoundError`` (exit code 2 in the
     CLI). Keyword arguments are passed to :func:`analyze_batch`.
     """
-    res = analyze_batch(inputs, config, out, labels=labels, workers=workers,
-                        scheduler=scheduler, sample_sheet=sample_sheet, **kwargs)
+    res = analyze_batch(
+        inputs,
+        config,
+        out,
+        labels=labels,
+        workers=workers,
+        scheduler=scheduler,
+        sample_sheet=sample_sheet,
+        **kwargs,
+    )
     return res.exit_code
 
 
@@ -1299,15 +1431,26 @@ def segment_batch(
     with _log_to_file(out / _LOG_NAME):
         log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
         tasks = [
-            _Task("segment", f.name, str(f.path), str(out.resolve()), config,
-                  _key("segment", f, config, none, "volume"))
+            _Task(
+                "segment",
+                f.name,
+                str(f.path),
+                str(out.resolve()),
+                config,
+                _key("segment", f, config, none, "volume"),
+            )
             for f in files
         ]
         _run_tasks(tasks, out, workers, scheduler, progress, result, force)
         _write_failures(out, result)
         result.wall_s = time.perf_counter() - t0
-        log.info("segmented %d, reused %d, failed %d image file(s) in %.1f s",
-                 len(result.done), len(result.skipped), len(result.failed), result.wall_s)
+        log.info(
+            "segmented %d, reused %d, failed %d image file(s) in %.1f s",
+            len(result.done),
+            len(result.skipped),
+            len(result.failed),
+            result.wall_s,
+        )
     return result
 
 
@@ -1319,4 +1462,3 @@ def run_segment(
 ) -> int:
     """``exouptake segment`` body: :func:`segment_batch`, returning the exit code (0 or 1)."""
     return segment_batch(inputs, config, out, **kwargs).exit_code
-

@@ -85,8 +85,15 @@ MAX_TEXT_BYTES = 8 * 1024**2
 
 IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _LABEL_SUFFIXES = ("_cells", "_nuclei", "_labels", "_masks")
-_EXTRA_FILES = ("README.md", "README.txt", "README", "LICENSE", "LICENSE.txt", "LICENSE.md",
-                "conditions.csv")
+_EXTRA_FILES = (
+    "README.md",
+    "README.txt",
+    "README",
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "conditions.csv",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -158,8 +165,9 @@ def compute_checksums(root: str | Path) -> dict[str, str]:
     root = Path(root)
     files, bad = _walk(root)
     if bad:
-        raise DatasetError(f"{root}: links and special files are not allowed in a bundle: "
-                           f"{', '.join(bad)}")
+        raise DatasetError(
+            f"{root}: links and special files are not allowed in a bundle: {', '.join(bad)}"
+        )
     return {rel: _sha256(root / rel) for rel in files if rel != CHECKSUM_FILE}
 
 
@@ -225,8 +233,10 @@ def _check_members(
         if info.flag_bits & 0x1:
             raise DatasetError(f"zip member {name!r} is encrypted")
         if info.file_size > max_member_bytes:
-            raise DatasetError(f"zip member {name!r} is {info.file_size} bytes, more than the "
-                               f"per-file limit {max_member_bytes}")
+            raise DatasetError(
+                f"zip member {name!r} is {info.file_size} bytes, more than the "
+                f"per-file limit {max_member_bytes}"
+            )
         total += info.file_size
         if total > max_total_bytes:
             raise DatasetError(f"zip holds more than the total limit of {max_total_bytes} bytes")
@@ -307,8 +317,10 @@ def safe_extract(
                     while block := src.read(1 << 20):
                         written += len(block)
                         if written > info.file_size or written > max_member_bytes:
-                            raise DatasetError(f"zip member {info.filename!r} is larger than it "
-                                               "declares; refusing it")
+                            raise DatasetError(
+                                f"zip member {info.filename!r} is larger than it "
+                                "declares; refusing it"
+                            )
                         out.write(block)
         if dest.exists():
             dest.rmdir()
@@ -381,8 +393,10 @@ def _schema_problems(meta: Any) -> list[str]:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         p.append(f"{f}: format_version must be a positive integer, got {version!r}")
     elif version > BUNDLE_FORMAT_VERSION:
-        p.append(f"{f}: format_version {version} is newer than this napari-exouptake reads "
-                 f"({BUNDLE_FORMAT_VERSION}); update napari-exouptake")
+        p.append(
+            f"{f}: format_version {version} is newer than this napari-exouptake reads "
+            f"({BUNDLE_FORMAT_VERSION}); update napari-exouptake"
+        )
     name = meta.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         p.append(f"{f}: name must be letters, digits, '.', '_' or '-' (got {name!r})")
@@ -419,16 +433,20 @@ def _schema_problems(meta: Any) -> list[str]:
     if not isinstance(labels, str) or not (
         labels in ("segmentation", "ground_truth") or labels == ANALYSIS_LABELS_DIR
     ):
-        p.append(f"{f}: analysis.labels must be segmentation, ground_truth or "
-                 f"{ANALYSIS_LABELS_DIR}, got {labels!r}")
+        p.append(
+            f"{f}: analysis.labels must be segmentation, ground_truth or "
+            f"{ANALYSIS_LABELS_DIR}, got {labels!r}"
+        )
     gt = meta.get("ground_truth")
     if gt is not None and not isinstance(gt, dict):
         p.append(f"{f}: ground_truth must be a mapping or null")
     elif isinstance(gt, dict):
         for key, value in gt.items():
             if key not in ("cell_labels", "nucleus_labels", "spots", "cells"):
-                p.append(f"{f}: ground_truth.{key} is not a known key (cell_labels, "
-                         "nucleus_labels, spots, cells)")
+                p.append(
+                    f"{f}: ground_truth.{key} is not a known key (cell_labels, "
+                    "nucleus_labels, spots, cells)"
+                )
             elif value is not None:
                 try:
                     _check_relpath(str(value).replace("{image}", "x"), f"{f}: ground_truth.{key}")
@@ -565,8 +583,7 @@ class Bundle:
 
         paths = self.image_paths
         if name not in paths:
-            raise KeyError(f"bundle {self.name!r} has no image {name!r}; it has "
-                           f"{', '.join(paths)}")
+            raise KeyError(f"bundle {self.name!r} has no image {name!r}; it has {', '.join(paths)}")
         return read_image(paths[name], axes=self.config.axes)
 
     def _gt_path(self, key: str, name: str) -> Path | None:
@@ -617,8 +634,9 @@ class Bundle:
         d = self.root / ANALYSIS_LABELS_DIR
         cells = d / f"{name}_cells.tif"
         if not cells.is_file():
-            raise DatasetError(f"bundle {self.name!r}: {ANALYSIS_LABELS_DIR}/{name}_cells.tif "
-                               "is missing")
+            raise DatasetError(
+                f"bundle {self.name!r}: {ANALYSIS_LABELS_DIR}/{name}_cells.tif is missing"
+            )
         nuc = d / f"{name}_nuclei.tif"
         return cells, (nuc if nuc.is_file() else None)
 
@@ -745,8 +763,10 @@ def _verify_root(root: Path) -> list[str]:
             continue
         actual = _sha256(root / rel)
         if actual != digest:
-            problems.append(f"{rel}: SHA-256 mismatch (expected {digest[:12]}..., "
-                            f"got {actual[:12]}...): the file was changed or corrupted")
+            problems.append(
+                f"{rel}: SHA-256 mismatch (expected {digest[:12]}..., "
+                f"got {actual[:12]}...): the file was changed or corrupted"
+            )
     for rel in sorted(present - set(sums)):
         problems.append(f"{rel}: not listed in {CHECKSUM_FILE}")
     if METADATA_FILE not in present:
@@ -782,15 +802,17 @@ def _verify_root(root: Path) -> list[str]:
         refs += [f"{ref['folder']}/cells.csv", f"{ref['folder']}/images.csv"]
     for rel in refs:
         if rel not in sums:
-            problems.append(f"{rel}: named in {METADATA_FILE} but not in the bundle's "
-                            f"{CHECKSUM_FILE}")
+            problems.append(
+                f"{rel}: named in {METADATA_FILE} but not in the bundle's {CHECKSUM_FILE}"
+            )
     cfg_file = meta.get("config_file")
     if cfg_file and cfg_file in sums and cfg_file in present:
         from .config import AssayConfig, ConfigError, config_hash, load_config
 
         try:
             same = config_hash(load_config(root / cfg_file)) == config_hash(
-                AssayConfig.from_dict(meta["assay_config"]))
+                AssayConfig.from_dict(meta["assay_config"])
+            )
         except ConfigError as exc:
             problems.append(f"{cfg_file}: {exc}")
         else:
@@ -859,8 +881,10 @@ def analyze_bundle(bundle: Bundle, *, progress: Progress | None = None) -> list:
             raise
         results.append(r)
         if progress is not None:
-            progress(f"[{i}/{len(bundle.image_paths)}] {name}: {len(r.cells)} cells, "
-                     f"{len(r.spots)} puncta")
+            progress(
+                f"[{i}/{len(bundle.image_paths)}] {name}: {len(r.cells)} cells, "
+                f"{len(r.spots)} puncta"
+            )
     return finalize(results, config)
 
 
@@ -873,7 +897,7 @@ def _relativise(obj: Any, roots: Sequence[str]) -> Any:
     if isinstance(obj, str):
         for r in roots:
             if obj.startswith(r + os.sep) or obj.startswith(r + "/"):
-                return obj[len(r) + 1:].replace(os.sep, "/")
+                return obj[len(r) + 1 :].replace(os.sep, "/")
     return obj
 
 
@@ -894,8 +918,9 @@ def _write_reference(results: Sequence, root: Path, config, labels_given: bool) 
     for key in ("platform",):
         run.pop(key, None)
     (ref / "run.json").write_text(json.dumps(run, indent=2, sort_keys=False))
-    devices = sorted({str(r.provenance.get("segmentation", {}).get("device", "none"))
-                      for r in results})
+    devices = sorted(
+        {str(r.provenance.get("segmentation", {}).get("device", "none")) for r in results}
+    )
     return {
         "folder": REFERENCE_DIR,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -903,8 +928,13 @@ def _write_reference(results: Sequence, root: Path, config, labels_given: bool) 
         "python": run.get("python"),
         "config_sha256": run.get("config_sha256"),
         "device": ", ".join(devices) if not labels_given else "none (labels given)",
-        "models": sorted({str(r.provenance.get("segmentation", {}).get("model"))
-                          for r in results if not labels_given}),
+        "models": sorted(
+            {
+                str(r.provenance.get("segmentation", {}).get("model"))
+                for r in results
+                if not labels_given
+            }
+        ),
     }
 
 
@@ -977,10 +1007,14 @@ def write_bundle_metadata(
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise DatasetError(f"bundle name {name!r} must use letters, digits, '.', '_' or '-'")
     if labels not in ("segmentation", "ground_truth", ANALYSIS_LABELS_DIR):
-        raise DatasetError(f"labels must be segmentation, ground_truth or {ANALYSIS_LABELS_DIR}, "
-                           f"got {labels!r}")
-    images = sorted(p.relative_to(root).as_posix() for p in (root / "images").glob("*")
-                    if p.is_file() and p.name.lower().endswith((".ome.tif", ".ome.tiff")))
+        raise DatasetError(
+            f"labels must be segmentation, ground_truth or {ANALYSIS_LABELS_DIR}, got {labels!r}"
+        )
+    images = sorted(
+        p.relative_to(root).as_posix()
+        for p in (root / "images").glob("*")
+        if p.is_file() and p.name.lower().endswith((".ome.tif", ".ome.tiff"))
+    )
     if not images:
         raise DatasetError(f"{root}/images holds no .ome.tif images")
     first = read_image(root / images[0], axes=config.axes)
@@ -995,8 +1029,10 @@ def write_bundle_metadata(
             gt[key] = fname
     if labels == "ground_truth" and "cell_labels" not in gt:
         missing = [n for n in names if not (root / "labels" / f"{n}_cells.tif").is_file()]
-        raise DatasetError(f"labels='ground_truth' but labels/<image>_cells.tif is missing for "
-                           f"{', '.join(missing[:5])}")
+        raise DatasetError(
+            f"labels='ground_truth' but labels/<image>_cells.tif is missing for "
+            f"{', '.join(missing[:5])}"
+        )
     cfg_file = root / "config.yaml"
     if cfg_file.is_file():
         if config_hash(load_config(cfg_file)) != config_hash(config):
@@ -1021,8 +1057,11 @@ def write_bundle_metadata(
         "assay_config": config.to_dict(),
         "analysis": {"labels": labels},
         "reference": None,
-        "tolerances": dict(tolerances) if tolerances is not None else dict(
-            DEFAULT_TOLERANCES_SEGMENTATION if labels == "segmentation" else DEFAULT_TOLERANCES),
+        "tolerances": dict(tolerances)
+        if tolerances is not None
+        else dict(
+            DEFAULT_TOLERANCES_SEGMENTATION if labels == "segmentation" else DEFAULT_TOLERANCES
+        ),
     }
     if extra:
         meta.update(extra)
@@ -1037,8 +1076,11 @@ def write_bundle_metadata(
 
         meta["reference"]["software"].setdefault("napari-exouptake", __version__)
     out = root / METADATA_FILE
-    out.write_text("# napari-exouptake dataset bundle: see docs/datasets.md\n"
-                   + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    out.write_text(
+        "# napari-exouptake dataset bundle: see docs/datasets.md\n"
+        + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     write_checksums(root)
     return out
 
@@ -1137,8 +1179,10 @@ def pack_bundle(
             else:
                 img = read_image(p, axes=config.axes)
                 if img.axes != "CZYX":
-                    raise DatasetError(f"{p}: images with a time axis are not supported in "
-                                       "bundles; split the frames first")
+                    raise DatasetError(
+                        f"{p}: images with a time axis are not supported in "
+                        "bundles; split the frames first"
+                    )
                 data = img.data[:, 0] if img.data.shape[1] == 1 else img.data
                 write_ome_tiff(target, data, img.channel_names, img.pixel_size_um, img.z_step_um)
         lab_src = src / "labels"
@@ -1160,10 +1204,17 @@ def pack_bundle(
             mode = ANALYSIS_LABELS_DIR
             _copy_given_labels(Path(labels), names, stage / ANALYSIS_LABELS_DIR)
         if description is None:
-            description = (f"{len(names)} images packed from {src.name} by napari-exouptake")
+            description = f"{len(names)} images packed from {src.name} by napari-exouptake"
         write_bundle_metadata(
-            stage, config, name=name, description=description, licence=licence,
-            authors=authors, labels=mode, with_results=with_results, tolerances=tolerances,
+            stage,
+            config,
+            name=name,
+            description=description,
+            licence=licence,
+            authors=authors,
+            labels=mode,
+            with_results=with_results,
+            tolerances=tolerances,
             progress=progress,
         )
         problems = _verify_root(stage)
@@ -1186,16 +1237,17 @@ def _copy_given_labels(labels: Path, names: Sequence[str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if labels.is_file():
         if len(names) != 1:
-            raise DatasetError(f"--labels {labels} is one label image but there are "
-                               f"{len(names)} images; give a folder of <image>_cells.tif")
+            raise DatasetError(
+                f"--labels {labels} is one label image but there are "
+                f"{len(names)} images; give a folder of <image>_cells.tif"
+            )
         shutil.copyfile(labels, dest / f"{names[0]}_cells.tif")
         return
     if not labels.is_dir():
         raise DatasetError(f"--labels {labels}: no such file or folder")
     missing = [n for n in names if not (labels / f"{n}_cells.tif").is_file()]
     if missing:
-        raise DatasetError(f"--labels {labels}: no <image>_cells.tif for "
-                           f"{', '.join(missing[:5])}")
+        raise DatasetError(f"--labels {labels}: no <image>_cells.tif for {', '.join(missing[:5])}")
     for n in names:
         shutil.copyfile(labels / f"{n}_cells.tif", dest / f"{n}_cells.tif")
         nuc = labels / f"{n}_nuclei.tif"
@@ -1282,9 +1334,12 @@ def validate_bundle(
         accuracy: dict = {}
         if bundle.has_ground_truth:
             accuracy = accuracy_against_truth(
-                current.cells, current.spots,
-                truth_spots=bundle.truth_spots(), truth_cells=bundle.truth_cells(),
-                pred_labels=labels, truth_labels=bundle.truth_cell_labels,
+                current.cells,
+                current.spots,
+                truth_spots=bundle.truth_spots(),
+                truth_cells=bundle.truth_cells(),
+                pred_labels=labels,
+                truth_labels=bundle.truth_cell_labels,
                 labels_given=bundle.analysis_labels_mode == "ground_truth",
             )
         return BundleValidation(comparisons, accuracy, ref_dir is not None)
@@ -1375,8 +1430,9 @@ def fetch_bundle(
     root = _find_root(target)
     problems = _verify_root(root)
     if problems:
-        raise DatasetError(f"{url}: the downloaded bundle failed verification: "
-                           + "; ".join(problems))
+        raise DatasetError(
+            f"{url}: the downloaded bundle failed verification: " + "; ".join(problems)
+        )
     return root
 
 
@@ -1384,8 +1440,16 @@ def _retrieve(pooch: Any, url: str, digest: str, folder: Path, fname: str, downl
     import requests
 
     try:
-        return Path(pooch.retrieve(url, known_hash=f"sha256:{digest}", fname=fname, path=folder,
-                                   downloader=downloader, progressbar=False))
+        return Path(
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{digest}",
+                fname=fname,
+                path=folder,
+                downloader=downloader,
+                progressbar=False,
+            )
+        )
     except requests.exceptions.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
         raise DatasetError(f"{url}: the server answered HTTP {code}; check the URL") from None
@@ -1428,12 +1492,15 @@ def main_dataset(args: Any) -> int:
             if isinstance(authors, str):
                 authors = [a.strip() for a in authors.split(",") if a.strip()]
             out = pack_bundle(
-                args.src, args.config, args.out,
+                args.src,
+                args.config,
+                args.out,
                 with_results=bool(getattr(args, "with_results", False)),
                 labels=getattr(args, "labels", None),
                 name=getattr(args, "name", None),
                 description=getattr(args, "description", None),
-                licence=getattr(args, "licence", None) or getattr(args, "license", None)
+                licence=getattr(args, "licence", None)
+                or getattr(args, "license", None)
                 or "CC-BY-4.0",
                 authors=list(authors),
                 progress=print,
@@ -1441,16 +1508,19 @@ def main_dataset(args: Any) -> int:
             with open_bundle(out) as b:
                 n = len(b.image_names)
                 ref = "with reference results" if b.reference_dir else "no reference results"
-            print(f"wrote bundle {out} ({n} images, {ref}); verify with "
-                  f"`exouptake dataset verify {out}`")
+            print(
+                f"wrote bundle {out} ({n} images, {ref}); verify with "
+                f"`exouptake dataset verify {out}`"
+            )
             return 0
         if action == "verify":
             problems = verify_bundle(args.bundle)
             if problems:
                 for line in problems:
                     _print_err(f"exouptake dataset verify: {line}")
-                _print_err(f"exouptake dataset verify: {args.bundle}: FAILED "
-                           f"({len(problems)} problem(s))")
+                _print_err(
+                    f"exouptake dataset verify: {args.bundle}: FAILED ({len(problems)} problem(s))"
+                )
                 return 1
             with open_bundle(args.bundle, verify=False) as b:
                 n_files = len(compute_checksums(b.root))
@@ -1463,13 +1533,17 @@ def main_dataset(args: Any) -> int:
                 _print_err(f"exouptake dataset validate: {exc}")
                 return 1
             with bundle:
-                print(f"validating bundle {bundle.name!r}: {len(bundle.image_names)} images, "
-                      f"labels: {bundle.analysis_labels_mode}")
+                print(
+                    f"validating bundle {bundle.name!r}: {len(bundle.image_names)} images, "
+                    f"labels: {bundle.analysis_labels_mode}"
+                )
                 report = validate_bundle(bundle, progress=lambda s: print("  " + s))
             print(report.format())
             if not report.ok:
-                _print_err("exouptake dataset validate: disagrees with the reference in: "
-                           + ", ".join(report.failed_metrics))
+                _print_err(
+                    "exouptake dataset validate: disagrees with the reference in: "
+                    + ", ".join(report.failed_metrics)
+                )
                 return 1
             if report.has_reference:
                 print(f"all {len(report.comparisons)} metrics agree with the reference")

@@ -56,8 +56,10 @@ def _check_labels(labels: Any, name: str) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(
-            arr == np.round(arr)
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))
         ):
             arr = arr.astype(np.int64)
         else:
@@ -74,9 +76,7 @@ def _check_channel(arr: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     if a.ndim == len(shape) - 1 and len(shape) == 3 and shape[0] == 1:
         a = a[None]
     if a.shape != shape:
-        raise ValueError(
-            f"channel {name!r} has shape {a.shape} but the labels have shape {shape}"
-        )
+        raise ValueError(f"channel {name!r} has shape {a.shape} but the labels have shape {shape}")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
         raise ValueError(f"channel {name!r} must be real numbers, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
@@ -191,7 +191,7 @@ class _Runs:
         if axis == ndim - 1:
             x0 = (self.start % self.shape[-1]).astype(np.float64)
             return self.length * x0 + 0.5 * self.length * (self.length - 1.0)
-        stride = int(np.prod(self.shape[axis + 1:]))
+        stride = int(np.prod(self.shape[axis + 1 :]))
         c = (self.start // stride) % self.shape[axis]
         return self.length * c
 
@@ -345,16 +345,18 @@ def measure_cells(
         raise ValueError(
             f"exosome channel {exosome_key!r} missing: channels given are {sorted(chans)}"
         )
-    exo = _check_channel(_squeeze_like(np.asarray(chans[exosome_key]), ndim), lab.shape,
-                         exosome_key)
+    exo = _check_channel(
+        _squeeze_like(np.asarray(chans[exosome_key]), ndim), lab.shape, exosome_key
+    )
     if marker_names is None:
         marker_names = [k for k in chans if k != exosome_key]
     markers: dict[str, np.ndarray] = {}
     for name in marker_names:
         if name not in chans:
             raise ValueError(f"marker {name!r} not among the channels {sorted(chans)}")
-        markers[name] = _check_channel(_squeeze_like(np.asarray(chans[name]), ndim), lab.shape,
-                                       name)
+        markers[name] = _check_channel(
+            _squeeze_like(np.asarray(chans[name]), ndim), lab.shape, name
+        )
     nuc_mask = None
     if nuclei is not None:
         nuc = _check_labels(nuclei, "nuclei")
@@ -499,9 +501,16 @@ def _empty_columns(
         cols.append("volume_um3")
     if ndim == 3:
         cols.append("centroid_z")
-    cols += ["centroid_y", "centroid_x", "exo_spot_count", "exo_spot_estimate",
-             "exo_integrated_intensity", "exo_mean_intensity", "exo_excess_intensity",
-             "exo_area_fraction"]
+    cols += [
+        "centroid_y",
+        "centroid_x",
+        "exo_spot_count",
+        "exo_spot_estimate",
+        "exo_integrated_intensity",
+        "exo_mean_intensity",
+        "exo_excess_intensity",
+        "exo_area_fraction",
+    ]
     if with_nuclei:
         cols.append("exo_nuc_dist_px")
         if pixel_size_um is not None:
@@ -640,14 +649,18 @@ def apply_positivity(
     if not isinstance(cells_df, pd.DataFrame):
         raise ValueError(f"cells_df must be a pandas DataFrame, got {type(cells_df).__name__}")
     exo_rule = _rule_attr(positivity_cfg, "exosome") or {
-        "method": "fixed", "value": 1, "metric": "exo_spot_count"
+        "method": "fixed",
+        "value": 1,
+        "metric": "exo_spot_count",
     }
     default_marker_rule = _rule_attr(positivity_cfg, "markers") or {
-        "method": "auto", "metric": "mean_intensity"
+        "method": "auto",
+        "metric": "mean_intensity",
     }
     if marker_names is None:
         marker_names = [
-            c[: -len("_mean_intensity")] for c in cells_df.columns
+            c[: -len("_mean_intensity")]
+            for c in cells_df.columns
             if c.endswith("_mean_intensity") and not c.startswith("exo_")
         ]
     out = cells_df.copy()
@@ -700,8 +713,11 @@ def summarize_image(
         return float(cells_df[col].astype(float).mean())
 
     if marker_names is None:
-        marker_names = [c[: -len("_positive")] for c in cells_df.columns
-                        if c.endswith("_positive") and c != "exo_positive"]
+        marker_names = [
+            c[: -len("_positive")]
+            for c in cells_df.columns
+            if c.endswith("_positive") and c != "exo_positive"
+        ]
     out: dict[str, float] = {
         "n_cells": n_cells,
         "n_spots": n_spots,

@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 #: Condition names taken as the control when neither ``--control`` nor the run's
 #: ``positivity.control_condition`` names one (case-insensitive).
 CONTROL_NAMES = ("control", "ctrl", "untreated", "vehicle", "mock", "pbs", "dye_only")
-TEST_NAME = ("Welch's t-test (two-sided) on per-image means, Holm-adjusted over the conditions "
-             "of each readout")
+TEST_NAME = (
+    "Welch's t-test (two-sided) on per-image means, Holm-adjusted over the conditions "
+    "of each readout"
+)
 MIN_N_TEST = 2  # images per group below which no test is made
 MIN_N_POWER = 3  # images per group below which a result is flagged as low power
 
@@ -114,8 +116,11 @@ def _load(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
 
 
 def _markers(images: pd.DataFrame) -> list[str]:
-    return [c[: -len("_positive_fraction")] for c in images.columns
-            if c.endswith("_positive_fraction") and c != "exo_positive_fraction"]
+    return [
+        c[: -len("_positive_fraction")]
+        for c in images.columns
+        if c.endswith("_positive_fraction") and c != "exo_positive_fraction"
+    ]
 
 
 def per_image_metrics(images: pd.DataFrame) -> list[Metric]:
@@ -126,8 +131,10 @@ def per_image_metrics(images: pd.DataFrame) -> list[Metric]:
         Metric("mean_exo_integrated_intensity", "EV integrated intensity per cell (a.u.)"),
         Metric("exo_positive_fraction", "% EV-positive cells", 100.0),
     ]
-    cand += [Metric(f"{m}_positive_fraction", f"% {m.upper()}-positive cells", 100.0)
-             for m in _markers(images)]
+    cand += [
+        Metric(f"{m}_positive_fraction", f"% {m.upper()}-positive cells", 100.0)
+        for m in _markers(images)
+    ]
     return [m for m in cand if m.column in images.columns and images[m.column].notna().any()]
 
 
@@ -140,8 +147,9 @@ def readout_metrics(images: pd.DataFrame) -> list[Metric]:
         Metric("tube_meshes", "Tube meshes"),
         Metric("collagen_area_fraction", "% collagen area", 100.0),
         Metric("collagen_coherency", "Collagen coherency (0-1)"),
-        Metric("collagen_mean_angle_deg", "Collagen fibre orientation (deg, axial mean)",
-               axial=True),
+        Metric(
+            "collagen_mean_angle_deg", "Collagen fibre orientation (deg, axial mean)", axial=True
+        ),
     ]
     return [m for m in cand if m.column in images.columns and images[m.column].notna().any()]
 
@@ -250,7 +258,9 @@ def condition_summary(
 
 
 def compare_to_control(
-    images: pd.DataFrame, metrics: Sequence[Metric], control: str,
+    images: pd.DataFrame,
+    metrics: Sequence[Metric],
+    control: str,
     order: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Each condition against ``control`` on per-image values: Welch's t-test, Holm-adjusted.
@@ -273,25 +283,46 @@ def compare_to_control(
         for c in conds:
             vals = images.loc[images["condition"] == c, m.column].astype(float).dropna()
             vals = vals.to_numpy() * m.scale
-            row = {"condition": c, "metric": m.label, "n": vals.size, "n_control": ctrl.size,
-                   "mean": vals.mean() if vals.size else np.nan,
-                   "mean_control": ctrl.mean() if ctrl.size else np.nan,
-                   "t": np.nan, "p": np.nan, "note": ""}
+            row = {
+                "condition": c,
+                "metric": m.label,
+                "n": vals.size,
+                "n_control": ctrl.size,
+                "mean": vals.mean() if vals.size else np.nan,
+                "mean_control": ctrl.mean() if ctrl.size else np.nan,
+                "t": np.nan,
+                "p": np.nan,
+                "note": "",
+            }
             row["difference"] = row["mean"] - row["mean_control"]
             if min(vals.size, ctrl.size) < MIN_N_TEST:
-                row["note"] = (f"n too small for a test ({vals.size} vs {ctrl.size} images; "
-                               f"needs >= {MIN_N_TEST} per group)")
+                row["note"] = (
+                    f"n too small for a test ({vals.size} vs {ctrl.size} images; "
+                    f"needs >= {MIN_N_TEST} per group)"
+                )
             elif np.ptp(vals) == 0 and np.ptp(ctrl) == 0:
                 row["note"] = "no variation in either group: no test"
             else:
                 res = stats.ttest_ind(vals, ctrl, equal_var=False)
                 row["t"], row["p"] = float(res.statistic), float(res.pvalue)
                 if min(vals.size, ctrl.size) < MIN_N_POWER:
-                    row["note"] = (f"low power: {vals.size} vs {ctrl.size} images; treat as "
-                                   "descriptive")
+                    row["note"] = (
+                        f"low power: {vals.size} vs {ctrl.size} images; treat as descriptive"
+                    )
             rows.append(row)
-    cols = ["condition", "metric", "n", "n_control", "mean", "mean_control", "difference", "t",
-            "p", "p_holm", "note"]
+    cols = [
+        "condition",
+        "metric",
+        "n",
+        "n_control",
+        "mean",
+        "mean_control",
+        "difference",
+        "t",
+        "p",
+        "p_holm",
+        "note",
+    ]
     if not rows:
         return pd.DataFrame(columns=cols)
     table = pd.DataFrame(rows)
@@ -320,8 +351,9 @@ def _colours(order: Sequence[str]) -> dict[str, Any]:
     return {c: cmap(i % 10) for i, c in enumerate(order)}
 
 
-def _plot_per_image(images: pd.DataFrame, metrics: Sequence[Metric], order: Sequence[str],
-                    control: str | None) -> str:
+def _plot_per_image(
+    images: pd.DataFrame, metrics: Sequence[Metric], order: Sequence[str], control: str | None
+) -> str:
     import matplotlib.pyplot as plt
 
     n = len(metrics)
@@ -332,23 +364,39 @@ def _plot_per_image(images: pd.DataFrame, metrics: Sequence[Metric], order: Sequ
     x = np.arange(len(order))
     rng = np.random.default_rng(0)  # fixed jitter: the report is reproducible
     for ax, m in zip(axes.ravel(), metrics, strict=False):
-        vals = [images.loc[images["condition"] == c, m.column].astype(float).dropna().to_numpy()
-                * m.scale for c in order]
+        vals = [
+            images.loc[images["condition"] == c, m.column].astype(float).dropna().to_numpy()
+            * m.scale
+            for c in order
+        ]
         means = np.array([v.mean() if v.size else np.nan for v in vals])
         sems = np.array([v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0 for v in vals])
-        ax.bar(x, means, yerr=sems, color=[colours[c] for c in order], alpha=0.35,
-               capsize=4, edgecolor="black", linewidth=0.6)
+        ax.bar(
+            x,
+            means,
+            yerr=sems,
+            color=[colours[c] for c in order],
+            alpha=0.35,
+            capsize=4,
+            edgecolor="black",
+            linewidth=0.6,
+        )
         for i, v in enumerate(vals):
-            ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=14, color=colours[order[i]],
-                       edgecolor="black", linewidth=0.4, zorder=3)
-        ax.set_xticks(x, [f"{c}*" if c == control else c for c in order], rotation=30,
-                      ha="right")
+            ax.scatter(
+                i + rng.uniform(-0.15, 0.15, v.size),
+                v,
+                s=14,
+                color=colours[order[i]],
+                edgecolor="black",
+                linewidth=0.4,
+                zorder=3,
+            )
+        ax.set_xticks(x, [f"{c}*" if c == control else c for c in order], rotation=30, ha="right")
         ax.set_title(m.label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    fig.suptitle("Per-image means (dots), condition mean +/- SEM (bars); * = control",
-                 fontsize=10)
+    fig.suptitle("Per-image means (dots), condition mean +/- SEM (bars); * = control", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -358,35 +406,38 @@ def _plot_cells(cells: pd.DataFrame, order: Sequence[str], markers: Sequence[str
 
     panels = [("exo_spot_count", "EV puncta per cell", False)]
     if "exo_integrated_intensity" in cells:
-        panels.append(("exo_integrated_intensity", "EV integrated intensity per cell (a.u.)",
-                       True))
-    panels += [(f"{m}_mean_intensity", f"{m.upper()} mean intensity per cell (a.u.)", False)
-               for m in markers if f"{m}_mean_intensity" in cells]
+        panels.append(("exo_integrated_intensity", "EV integrated intensity per cell (a.u.)", True))
+    panels += [
+        (f"{m}_mean_intensity", f"{m.upper()} mean intensity per cell (a.u.)", False)
+        for m in markers
+        if f"{m}_mean_intensity" in cells
+    ]
     panels = [p for p in panels if p[0] in cells]
     ncol = min(len(panels), 2)
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, 3.4 * nrow), squeeze=False)
     colours = _colours(order)
     for ax, (col, label, logy) in zip(axes.ravel(), panels, strict=False):
-        data = [cells.loc[cells["condition"] == c, col].astype(float).dropna().to_numpy()
-                for c in order]
+        data = [
+            cells.loc[cells["condition"] == c, col].astype(float).dropna().to_numpy() for c in order
+        ]
         if logy:
             data = [np.log10(np.clip(d, 1.0, None)) for d in data]
             label = label + " (log10, floor 1)"
         keep = [i for i, d in enumerate(data) if d.size]
         if keep:
-            parts = ax.violinplot([data[i] for i in keep], positions=keep, showmedians=True,
-                                  widths=0.8)
+            parts = ax.violinplot(
+                [data[i] for i in keep], positions=keep, showmedians=True, widths=0.8
+            )
             for body, i in zip(parts["bodies"], keep, strict=True):
                 body.set_facecolor(colours[order[i]])
                 body.set_alpha(0.5)
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
         ax.set_title(label, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes.ravel()[len(panels):]:
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("Per-cell distributions (all cells of each condition; line = median)",
-                 fontsize=10)
+    fig.suptitle("Per-cell distributions (all cells of each condition; line = median)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
@@ -406,17 +457,36 @@ def _plot_dose(images: pd.DataFrame, metrics: Sequence[Metric], order: Sequence[
         vals = images[m.column].astype(float) * m.scale
         for c in order:
             sel = images["condition"] == c
-            ax.scatter(dose[sel], vals[sel], s=16, color=colours[c], edgecolor="black",
-                       linewidth=0.4, label=c, zorder=3)
+            ax.scatter(
+                dose[sel],
+                vals[sel],
+                s=16,
+                color=colours[c],
+                edgecolor="black",
+                linewidth=0.4,
+                label=c,
+                zorder=3,
+            )
         g = vals.groupby(dose)
         mean, sem = g.mean(), g.std(ddof=1) / np.sqrt(g.count())
-        ax.errorbar(mean.index, mean.to_numpy(), yerr=sem.fillna(0).to_numpy(), color="black",
-                    capsize=3, linewidth=1)
+        ax.errorbar(
+            mean.index,
+            mean.to_numpy(),
+            yerr=sem.fillna(0).to_numpy(),
+            color="black",
+            capsize=3,
+            linewidth=1,
+        )
         if dose.min() >= 0 and dose.max() / linthresh > 20:
             ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_xlabel("dose" + (f" ({images['dose_unit'].dropna().iloc[0]})"
-                                if "dose_unit" in images and images["dose_unit"].notna().any()
-                                else ""))
+        ax.set_xlabel(
+            "dose"
+            + (
+                f" ({images['dose_unit'].dropna().iloc[0]})"
+                if "dose_unit" in images and images["dose_unit"].notna().any()
+                else ""
+            )
+        )
         ax.set_title(m.label, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[n:]:
@@ -427,8 +497,9 @@ def _plot_dose(images: pd.DataFrame, metrics: Sequence[Metric], order: Sequence[
     return _png(fig)
 
 
-def _thumbnails(qc_dir: Path, images: pd.DataFrame, order: Sequence[str], per_condition: int,
-                size: int = 260) -> list[tuple[str, str, str]]:
+def _thumbnails(
+    qc_dir: Path, images: pd.DataFrame, order: Sequence[str], per_condition: int, size: int = 260
+) -> list[tuple[str, str, str]]:
     """(image, condition, base64 PNG) of up to ``per_condition`` overlays per condition."""
     from PIL import Image
 
@@ -490,21 +561,28 @@ def _fmt_p(p: float) -> str:
 def _summary_html(table: pd.DataFrame, metrics: Sequence[Metric], control: str | None) -> str:
     head = "".join(
         f"<th>{html.escape(m.label)}<br><small>{'axial mean' if m.axial else 'mean ± SEM'}"
-        "</small></th>" for m in metrics
+        "</small></th>"
+        for m in metrics
     )
     rows = []
     for cond, r in table.iterrows():  # one row per condition
         cells = "".join(
-            f"<td>{_fmt(r[f'{m.column}_mean'])}</td>" if m.axial else
-            f"<td>{_fmt(r[f'{m.column}_mean'])} ± {_fmt(r[f'{m.column}_sem'])}</td>"
+            f"<td>{_fmt(r[f'{m.column}_mean'])}</td>"
+            if m.axial
+            else f"<td>{_fmt(r[f'{m.column}_mean'])} ± {_fmt(r[f'{m.column}_sem'])}</td>"
             for m in metrics
         )
         cls = ' class="ctrl"' if cond == control else ""
         label = html.escape(str(cond)) + (" (control)" if cond == control else "")
-        rows.append(f"<tr{cls}><td class='l'>{label}</td><td>{int(r['n_images'])}</td>"
-                    f"<td>{_fmt_int(r['n_cells'])}</td>{cells}</tr>")
-    return (f"<table><tr><th class='l'>condition</th><th>images</th><th>cells</th>{head}</tr>"
-            + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr{cls}><td class='l'>{label}</td><td>{int(r['n_images'])}</td>"
+            f"<td>{_fmt_int(r['n_cells'])}</td>{cells}</tr>"
+        )
+    return (
+        f"<table><tr><th class='l'>condition</th><th>images</th><th>cells</th>{head}</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _stats_html(stats_table: pd.DataFrame) -> str:
@@ -520,9 +598,11 @@ def _stats_html(stats_table: pd.DataFrame) -> str:
             f"<td>{_fmt_p(r.p)}</td><td{' class=sig' if sig else ''}>{_fmt_p(r.p_holm)}</td>"
             f"<td class='l note'>{html.escape(r.note)}</td></tr>"
         )
-    return ("<table><tr><th class='l'>condition</th><th class='l'>readout</th><th>images</th>"
-            "<th>mean</th><th>control mean</th><th>difference</th><th>t</th><th>p</th>"
-            "<th>p (Holm)</th><th class='l'>note</th></tr>" + "".join(rows) + "</table>")
+    return (
+        "<table><tr><th class='l'>condition</th><th class='l'>readout</th><th>images</th>"
+        "<th>mean</th><th>control mean</th><th>difference</th><th>t</th><th>p</th>"
+        "<th>p (Holm)</th><th class='l'>note</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def build_report(
@@ -586,8 +666,11 @@ def build_report(
     parts.append(_summary_html(summary, metrics, control))
     thresholds = run.get("thresholds") or {}
     if thresholds:
-        parts.append("<p class='note'>Positivity thresholds of the run: " + ", ".join(
-            f"{html.escape(str(k))} = {_fmt(v)}" for k, v in thresholds.items()) + "</p>")
+        parts.append(
+            "<p class='note'>Positivity thresholds of the run: "
+            + ", ".join(f"{html.escape(str(k))} = {_fmt(v)}" for k, v in thresholds.items())
+            + "</p>"
+        )
 
     # statistics
     parts.append("<h2>Statistics against the control</h2>")
@@ -607,8 +690,12 @@ def build_report(
             "compared with the control are adjusted with Holm's step-down method (family-wise "
             "error 5%); bold: adjusted p &lt; 0.05. Readouts are not adjusted across each "
             "other."
-            + (" <b>Some conditions have fewer than 3 images: the tests have little power "
-               "and p-values are indicative only.</b>" if small else "")
+            + (
+                " <b>Some conditions have fewer than 3 images: the tests have little power "
+                "and p-values are indicative only.</b>"
+                if small
+                else ""
+            )
             + "</p>"
         )
         parts.append(_stats_html(st))
@@ -616,43 +703,62 @@ def build_report(
     # plots
     if metrics:
         parts.append("<h2>Per-image readouts by condition</h2>")
-        parts.append(f"<img class='plot' src='data:image/png;base64,"
-                     f"{_plot_per_image(images, metrics, order, control)}'>")
-    dose_metrics = [m for m in metrics if m.column in (
-        "mean_spots_per_cell", "exo_positive_fraction", "mean_exo_integrated_intensity")]
-    if ("dose" in images.columns and dose_metrics
-            and pd.to_numeric(images["dose"], errors="coerce").nunique() > 1):
+        parts.append(
+            f"<img class='plot' src='data:image/png;base64,"
+            f"{_plot_per_image(images, metrics, order, control)}'>"
+        )
+    dose_metrics = [
+        m
+        for m in metrics
+        if m.column
+        in ("mean_spots_per_cell", "exo_positive_fraction", "mean_exo_integrated_intensity")
+    ]
+    if (
+        "dose" in images.columns
+        and dose_metrics
+        and pd.to_numeric(images["dose"], errors="coerce").nunique() > 1
+    ):
         images = images.assign(dose=pd.to_numeric(images["dose"], errors="coerce"))
         parts.append("<h2>Dose-response</h2>")
-        parts.append(f"<img class='plot' src='data:image/png;base64,"
-                     f"{_plot_dose(images, dose_metrics, order)}'>")
+        parts.append(
+            f"<img class='plot' src='data:image/png;base64,"
+            f"{_plot_dose(images, dose_metrics, order)}'>"
+        )
     if cells is not None and len(cells) and "exo_spot_count" in cells:
         parts.append("<h2>Per-cell distributions</h2>")
-        parts.append(f"<img class='plot' src='data:image/png;base64,"
-                     f"{_plot_cells(cells, order, markers)}'>")
+        parts.append(
+            f"<img class='plot' src='data:image/png;base64,{_plot_cells(cells, order, markers)}'>"
+        )
     if readouts:
         parts.append("<h2>Tube formation and collagen readouts</h2>")
-        parts.append(_summary_html(condition_summary(images, readouts, order), readouts,
-                                   control))
+        parts.append(_summary_html(condition_summary(images, readouts, order), readouts, control))
         if control is not None:
             parts.append(_stats_html(compare_to_control(images, readouts, control, order)))
         plotted = [m for m in readouts if not m.axial]
         if plotted:
-            parts.append(f"<img class='plot' src='data:image/png;base64,"
-                         f"{_plot_per_image(images, plotted, order, control)}'>")
+            parts.append(
+                f"<img class='plot' src='data:image/png;base64,"
+                f"{_plot_per_image(images, plotted, order, control)}'>"
+            )
 
     thumbs = _thumbnails(results_dir / "qc", images, order, qc_per_condition)
     if thumbs:
-        parts.append("<h2>QC overlays</h2><p class='note'>EV channel (grey), cell outlines "
-                     "(cyan), nuclei (blue), puncta inside cells (red) and outside (yellow); "
-                     f"up to {qc_per_condition} images per condition, all in "
-                     "<code>qc/</code>.</p><div class='grid'>")
-        parts += [f"<figure><img src='data:image/png;base64,{b64}'><figcaption>"
-                  f"{html.escape(name)}<br>{html.escape(cond)}</figcaption></figure>"
-                  for name, cond, b64 in thumbs]
+        parts.append(
+            "<h2>QC overlays</h2><p class='note'>EV channel (grey), cell outlines "
+            "(cyan), nuclei (blue), puncta inside cells (red) and outside (yellow); "
+            f"up to {qc_per_condition} images per condition, all in "
+            "<code>qc/</code>.</p><div class='grid'>"
+        )
+        parts += [
+            f"<figure><img src='data:image/png;base64,{b64}'><figcaption>"
+            f"{html.escape(name)}<br>{html.escape(cond)}</figcaption></figure>"
+            for name, cond, b64 in thumbs
+        ]
         parts.append("</div>")
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>EV uptake report</title>"
-            f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>EV uptake report</title>"
+        f"<style>{_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>"
+    )
 
 
 def write_report(
@@ -668,8 +774,9 @@ def write_report(
     return out
 
 
-def main_report(results_dir: str | Path, control: str | None = None,
-                out: str | Path | None = None) -> int:
+def main_report(
+    results_dir: str | Path, control: str | None = None, out: str | Path | None = None
+) -> int:
     """``exouptake report`` body; returns the exit code (0). Errors raise :class:`ReportError`."""
     path = write_report(results_dir, out=out, control=control)
     print(f"wrote {path}")

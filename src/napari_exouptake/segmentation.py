@@ -320,8 +320,11 @@ def train_model(
     t0 = time.time()
     flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
     diams = np.array([max(5.0, float(_median_diameter(lab))) for lab in labels])
-    logger.info("flows computed in %.1f s; median diameters %s", time.time() - t0,
-                np.round(np.percentile(diams, [0, 50, 100]), 1))
+    logger.info(
+        "flows computed in %.1f s; median diameters %s",
+        time.time() - t0,
+        np.round(np.percentile(diams, [0, 50, 100]), 1),
+    )
 
     if diam_mean is None:
         diam_mean = 17.0 if (len(channels) < 2 or channels[1] is None) else 30.0
@@ -330,8 +333,9 @@ def train_model(
     if from_model is not None:
         rm = resolve_model(str(from_model))
         sd = torch.load(rm.path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                            strict=False)
+        net.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False
+        )
     net.diam_mean.data = torch.tensor([float(diam_mean)])
     net.diam_labels.data = torch.tensor([float(diam_mean)])
     net.to(dev)
@@ -349,8 +353,15 @@ def train_model(
 
     def save_ckpt() -> None:
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "elapsed": elapsed0 + time.time() - t_start}, tmp)
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "elapsed": elapsed0 + time.time() - t_start,
+            },
+            tmp,
+        )
         os.replace(tmp, ckpt_path)
 
     def frac_done() -> float:
@@ -380,7 +391,8 @@ def train_model(
         lbls = [flows[i][1:] for i in inds]
         rsc = diams[inds] / float(diam_mean)
         imgi, lbl = transforms.random_rotate_and_resize(
-            imgs, Y=lbls, rescale=rsc, scale_range=0.5, xy=(bsize, bsize))[:2]
+            imgs, Y=lbls, rescale=rsc, scale_range=0.5, xy=(bsize, bsize)
+        )[:2]
         net.train()
         y = net(torch.from_numpy(imgi).to(dev))[0]
         loss = _loss_fn_seg(lbl, y, dev)
@@ -392,8 +404,14 @@ def train_model(
         if progress is not None:
             progress(step, n_steps, lavg[-1])
         if step % 20 == 0:
-            logger.info("step %d/%d loss %.4f lr %.5f elapsed %.0f s", step, n_steps,
-                        float(np.mean(lavg)), lr, elapsed0 + time.time() - t_start)
+            logger.info(
+                "step %d/%d loss %.4f lr %.5f elapsed %.0f s",
+                step,
+                n_steps,
+                float(np.mean(lavg)),
+                lr,
+                elapsed0 + time.time() - t_start,
+            )
             lavg = []
         if time.time() - last_ckpt > checkpoint_every_s:
             save_ckpt()
@@ -401,8 +419,9 @@ def train_model(
             last_ckpt = time.time()
     save_ckpt()
     _save_fp16(net.state_dict(), out_path)
-    logger.info("saved %s after %d steps (%.0f s)", out_path, step,
-                elapsed0 + time.time() - t_start)
+    logger.info(
+        "saved %s after %d steps (%.0f s)", out_path, step, elapsed0 + time.time() - t_start
+    )
     return out_path
 
 
@@ -504,9 +523,22 @@ def _cellpose_model_dir() -> Path:
 # built-in model names and their file names, per Cellpose major version (the installed
 # package's own list is preferred; these are the fallback when it cannot be imported)
 _BUILTIN_V3 = (
-    "cyto3", "nuclei", "cyto2_cp3", "tissuenet_cp3", "livecell_cp3", "yeast_PhC_cp3",
-    "yeast_BF_cp3", "bact_phase_cp3", "bact_fluor_cp3", "deepbacs_cp3", "cyto2", "cyto",
-    "CPx", "transformer_cp3", "neurips_cellpose_default", "neurips_cellpose_transformer",
+    "cyto3",
+    "nuclei",
+    "cyto2_cp3",
+    "tissuenet_cp3",
+    "livecell_cp3",
+    "yeast_PhC_cp3",
+    "yeast_BF_cp3",
+    "bact_phase_cp3",
+    "bact_fluor_cp3",
+    "deepbacs_cp3",
+    "cyto2",
+    "cyto",
+    "CPx",
+    "transformer_cp3",
+    "neurips_cellpose_default",
+    "neurips_cellpose_transformer",
     "neurips_grayscale_cyto2",
 )
 _BUILTIN_V4 = ("cpsam", "cpsam_v2")
@@ -664,15 +696,25 @@ def _get_model(rm: ResolvedModel, device: str) -> Any:
     t0 = time.perf_counter()
     if rm.major >= 4:
         model = models.CellposeModel(
-            gpu=dev.type != "cpu", pretrained_model=str(rm.path), device=dev,
+            gpu=dev.type != "cpu",
+            pretrained_model=str(rm.path),
+            device=dev,
             use_bfloat16=dev.type == "cuda",
         )
     else:
         model = models.CellposeModel(
-            gpu=dev.type != "cpu", pretrained_model=str(rm.path), device=dev, nchan=2,
+            gpu=dev.type != "cpu",
+            pretrained_model=str(rm.path),
+            device=dev,
+            nchan=2,
         )
-    logger.info("loaded model %s (%s) on %s in %.2f s", rm.model_id, rm.path.name, device,
-                time.perf_counter() - t0)
+    logger.info(
+        "loaded model %s (%s) on %s in %.2f s",
+        rm.model_id,
+        rm.path.name,
+        device,
+        time.perf_counter() - t0,
+    )
     if len(_MODEL_CACHE) >= _MODEL_CACHE_MAX:
         _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
     _MODEL_CACHE[key] = model
@@ -710,8 +752,9 @@ def _eval_model(model: Any, x: np.ndarray, major: int, **kw: Any) -> np.ndarray:
     return np.asarray(out[0])
 
 
-def _run(rm: ResolvedModel, device: str, x: np.ndarray, batch_size: int,
-         kw: dict, info: dict) -> np.ndarray:
+def _run(
+    rm: ResolvedModel, device: str, x: np.ndarray, batch_size: int, kw: dict, info: dict
+) -> np.ndarray:
     """Evaluate with GPU out-of-memory handling: halve the batch, then fall back to CPU."""
     bs = max(1, int(batch_size))
     dev = device
@@ -728,8 +771,9 @@ def _run(rm: ResolvedModel, device: str, x: np.ndarray, batch_size: int,
                 logger.warning("out of GPU memory on %s: retrying with batch_size=%d", dev, bs)
                 info["batch_size"] = bs
                 continue
-            logger.warning("out of GPU memory on %s even with batch_size=1: falling back to CPU",
-                           dev)
+            logger.warning(
+                "out of GPU memory on %s even with batch_size=1: falling back to CPU", dev
+            )
             info["device"] = "cpu"
             info["fallback"] = f"cpu (out of memory on {dev})"
             dev = "cpu"
@@ -785,8 +829,13 @@ def map_nuclei_to_cells(nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return out
 
 
-def _expand(nuclei: np.ndarray, distance_px: float, method: str,
-            signal: np.ndarray | None, spacing: tuple | None = None) -> np.ndarray:
+def _expand(
+    nuclei: np.ndarray,
+    distance_px: float,
+    method: str,
+    signal: np.ndarray | None,
+    spacing: tuple | None = None,
+) -> np.ndarray:
     """Grow cell labels from nucleus labels (CellProfiler IdentifySecondaryObjects style).
 
     ``distance``: every pixel within ``distance_px`` of a nucleus goes to the nearest one.
@@ -801,8 +850,9 @@ def _expand(nuclei: np.ndarray, distance_px: float, method: str,
         return nuclei.copy()
     if method == "distance" or signal is None:
         if method == "watershed":
-            logger.warning("expand_method 'watershed' needs a cell or exosome channel; "
-                           "using 'distance'")
+            logger.warning(
+                "expand_method 'watershed' needs a cell or exosome channel; using 'distance'"
+            )
         if spacing is not None:
             return expand_labels(nuclei, distance=distance_px, spacing=spacing)
         return expand_labels(nuclei, distance=distance_px)
@@ -876,10 +926,13 @@ class Segmentation:
     def provenance(self) -> dict:
         """JSON-ready model identity, device and timings (for ``run.json``)."""
         return {
-            "mode": self.mode, "model": self.model_id, "model_sha256": self.model_sha256,
+            "mode": self.mode,
+            "model": self.model_id,
+            "model_sha256": self.model_sha256,
             "nuclei_model": self.nuclei_model_id,
             "nuclei_model_sha256": self.nuclei_model_sha256,
-            "cellpose_version": self.cellpose_version, "device": self.device,
+            "cellpose_version": self.cellpose_version,
+            "device": self.device,
             "diameter_px": self.diameter_px,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
@@ -911,8 +964,10 @@ def _default_nuclei_model(main_model: str, major: int) -> str:
 def _check_finite(arr: np.ndarray, what: str) -> None:
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         n = int((~np.isfinite(arr)).sum())
-        raise ValueError(f"{what} contains {n} NaN/inf pixel(s); replace them (e.g. "
-                         "np.nan_to_num) before segmentation")
+        raise ValueError(
+            f"{what} contains {n} NaN/inf pixel(s); replace them (e.g. "
+            "np.nan_to_num) before segmentation"
+        )
 
 
 def _stack_input(main: np.ndarray, helper: np.ndarray | None, major: int) -> np.ndarray:
@@ -980,15 +1035,18 @@ def segment(
     cell_ch, nuc_ch = roles.cell, roles.nucleus
     listing = ", ".join(f"{i}: {n}" for i, n in enumerate(image.channel_names))
     if mode == "cells" and cell_ch is None:
-        raise ValueError("segmentation.mode 'cells' needs channels.cell (the cytoplasm or "
-                         f"membrane channel); the image's channels are ({listing})")
+        raise ValueError(
+            "segmentation.mode 'cells' needs channels.cell (the cytoplasm or "
+            f"membrane channel); the image's channels are ({listing})"
+        )
     if mode in ("nuclei", "expand") and nuc_ch is None:
-        raise ValueError(f"segmentation.mode {mode!r} needs channels.nucleus; the image's "
-                         f"channels are ({listing})")
+        raise ValueError(
+            f"segmentation.mode {mode!r} needs channels.nucleus; the image's "
+            f"channels are ({listing})"
+        )
 
     major = cellpose_major_version()
-    seg = Segmentation(cells=np.zeros(0, np.int32), mode=mode,
-                       cellpose_version=cellpose_version())
+    seg = Segmentation(cells=np.zeros(0, np.int32), mode=mode, cellpose_version=cellpose_version())
     timings: dict[str, float] = {"load": 0.0, "cells": 0.0, "nuclei": 0.0, "expand": 0.0}
 
     # models (resolved up front: a missing model fails before any work)
@@ -997,8 +1055,9 @@ def segment(
         rm_main = resolve_model(sc.model, major)
     nuc_model_name = sc.nuclei_model
     if mode == "expand" and nuc_model_name is None:
-        nuc_model_name = sc.model if "nucle" in sc.model.lower() else (
-            _default_nuclei_model(sc.model, major))
+        nuc_model_name = (
+            sc.model if "nucle" in sc.model.lower() else (_default_nuclei_model(sc.model, major))
+        )
     elif mode == "cells" and nuc_ch is not None and nuc_model_name is None:
         nuc_model_name = _default_nuclei_model(sc.model, major)
     if (mode == "expand") or (mode == "cells" and nuc_ch is not None):
@@ -1007,8 +1066,13 @@ def segment(
         raise ModelNotAvailableError("Cellpose is not installed: pip install 'cellpose>=3.1.1'")
 
     device = resolve_device(sc.device)
-    logger.info("segmentation on %s (cellpose %s, mode %s, model %s)", device,
-                seg.cellpose_version, mode, sc.model)
+    logger.info(
+        "segmentation on %s (cellpose %s, mode %s, model %s)",
+        device,
+        seg.cellpose_version,
+        mode,
+        sc.model,
+    )
     info: dict[str, Any] = {"device": device}
 
     px = config.pixel_size_um or image.pixel_size_um
@@ -1046,8 +1110,9 @@ def segment(
         if rm_main is not None:
             t0 = time.perf_counter()
             helper = nucimg if (mode == "cells") else None
-            cells = _segment_array(rm_main, device, main, helper, sc.diameter_px, sc,
-                                   spacing, info, seg)
+            cells = _segment_array(
+                rm_main, device, main, helper, sc.diameter_px, sc, spacing, info, seg
+            )
             timings["cells"] += time.perf_counter() - t0
             tick(f"frame {t}: {mode}")
             check_cancel()
@@ -1067,8 +1132,10 @@ def segment(
                 dist = sc.expand_um / px
             else:
                 dist = sc.expand_um
-                msg = ("no pixel size (config.pixel_size_um or file metadata): expand_um "
-                       "taken as pixels")
+                msg = (
+                    "no pixel size (config.pixel_size_um or file metadata): expand_um "
+                    "taken as pixels"
+                )
                 if msg not in seg.warnings:
                     seg.warnings.append(msg)
                     logger.warning(msg)
@@ -1106,8 +1173,9 @@ def segment(
     return seg
 
 
-def _expand_stack(nuclei: np.ndarray, dist: float, method: str, signal: np.ndarray | None,
-                  spacing: tuple | None) -> np.ndarray:
+def _expand_stack(
+    nuclei: np.ndarray, dist: float, method: str, signal: np.ndarray | None, spacing: tuple | None
+) -> np.ndarray:
     """Expansion for a (Z, Y, X) stack: in 3D when Z > 1, else on the single plane."""
     if nuclei.shape[0] == 1:
         sig = None if signal is None else signal[0]
@@ -1115,9 +1183,17 @@ def _expand_stack(nuclei: np.ndarray, dist: float, method: str, signal: np.ndarr
     return _expand(nuclei, dist, method, signal, spacing)
 
 
-def _segment_array(rm: ResolvedModel, device: str, main: np.ndarray,
-                   helper: np.ndarray | None, diameter: float | None, sc: Any,
-                   spacing: tuple | None, info: dict, seg: Segmentation) -> np.ndarray:
+def _segment_array(
+    rm: ResolvedModel,
+    device: str,
+    main: np.ndarray,
+    helper: np.ndarray | None,
+    diameter: float | None,
+    sc: Any,
+    spacing: tuple | None,
+    info: dict,
+    seg: Segmentation,
+) -> np.ndarray:
     """Segment one (Z, Y, X) channel (+ helper) and return (Z, Y, X) int32 labels."""
     z, h, w = main.shape
     empty = np.zeros(main.shape, dtype=np.int32)
@@ -1131,13 +1207,18 @@ def _segment_array(rm: ResolvedModel, device: str, main: np.ndarray,
         logger.warning(msg)
         seg.warnings.append(msg)
         return empty
-    x = _stack_input(main.astype(np.float32, copy=False),
-                     None if helper is None else helper.astype(np.float32, copy=False),
-                     rm.major)
+    x = _stack_input(
+        main.astype(np.float32, copy=False),
+        None if helper is None else helper.astype(np.float32, copy=False),
+        rm.major,
+    )
     kw = {
-        "diameter": diameter, "flow_threshold": sc.flow_threshold,
-        "cellprob_threshold": sc.cellprob_threshold, "min_size": sc.min_size_px,
-        "resample": sc.resample, "tile_overlap": sc.tile_overlap,
+        "diameter": diameter,
+        "flow_threshold": sc.flow_threshold,
+        "cellprob_threshold": sc.cellprob_threshold,
+        "min_size": sc.min_size_px,
+        "resample": sc.resample,
+        "tile_overlap": sc.tile_overlap,
         "normalize": {"normalize": bool(sc.normalize), "norm3D": bool(sc.do_3d)},
     }
     if z == 1:
@@ -1150,8 +1231,10 @@ def _segment_array(rm: ResolvedModel, device: str, main: np.ndarray,
             st = sc.stitch_threshold
             if st <= 0:
                 st = 0.5
-                msg = ("z-stack with do_3d=False and stitch_threshold=0: planes segmented "
-                       "in 2D and stitched at IoU 0.5")
+                msg = (
+                    "z-stack with do_3d=False and stitch_threshold=0: planes segmented "
+                    "in 2D and stitched at IoU 0.5"
+                )
                 if msg not in seg.warnings:
                     seg.warnings.append(msg)
                     logger.warning(msg)
@@ -1163,7 +1246,8 @@ def _segment_array(rm: ResolvedModel, device: str, main: np.ndarray,
 
 def _with_seg(config: AssayConfig, **updates: Any) -> AssayConfig:
     return config.model_copy(
-        update={"segmentation": config.segmentation.model_copy(update=updates)})
+        update={"segmentation": config.segmentation.model_copy(update=updates)}
+    )
 
 
 def estimate_diameter(image: ImageData, config: AssayConfig, *, max_size: int = 512) -> float:
@@ -1194,7 +1278,8 @@ def estimate_diameter(image: ImageData, config: AssayConfig, *, max_size: int = 
     name = cfg.segmentation.model
     if mode == "expand":
         name = cfg.segmentation.nuclei_model or (
-            name if "nucle" in name.lower() else _default_nuclei_model(name, major))
+            name if "nucle" in name.lower() else _default_nuclei_model(name, major)
+        )
         cfg = _with_seg(cfg, model=name)
     rm = resolve_model(name, major)
     native = _model_diam_mean(_get_model(rm, resolve_device(cfg.segmentation.device)))
@@ -1216,8 +1301,9 @@ _NUCLEUS_NAMES = ("dapi", "hoechst", "nuc", "dna", "h2b", "draq5", "sytox")
 _CELL_NAMES = ("cellmask", "cyto", "membrane", "actin", "phalloidin", "wga", "cell", "pkh")
 
 
-def _parse_channels(spec: str | Sequence[int | str | None],
-                    channel_names: Sequence[str]) -> tuple[int | None, int | None]:
+def _parse_channels(
+    spec: str | Sequence[int | str | None], channel_names: Sequence[str]
+) -> tuple[int | None, int | None]:
     """``"1,0"``, ``"CellMask,DAPI"``, ``"cell,nucleus"`` or ``(1, None)`` -> indices.
 
     Tokens are 0-based indices, ``none``, channel names (case-insensitive) of the training
@@ -1236,8 +1322,9 @@ def _parse_channels(spec: str | Sequence[int | str | None],
         if isinstance(tok, int) or (isinstance(tok, str) and tok.isdigit()):
             i = int(tok)
             if not 0 <= i < len(names):
-                raise ValueError(f"channel {i} does not exist: the training images have "
-                                 f"({listing})")
+                raise ValueError(
+                    f"channel {i} does not exist: the training images have ({listing})"
+                )
             return i
         t = str(tok).casefold()
         if t in names:
@@ -1249,8 +1336,10 @@ def _parse_channels(spec: str | Sequence[int | str | None],
             for i, n in enumerate(names):
                 if any(n.startswith(k) for k in keys):
                     return i
-            raise ValueError(f"cannot tell which channel is the {t} channel among ({listing}); "
-                             "give indices, e.g. --channels 1,0")
+            raise ValueError(
+                f"cannot tell which channel is the {t} channel among ({listing}); "
+                "give indices, e.g. --channels 1,0"
+            )
         raise ValueError(f"no channel named {tok!r}; the training images have ({listing})")
 
     main = one(toks[0], 0)
@@ -1300,8 +1389,10 @@ def main_train(
     """
     lr = 0.005 if learning_rate is None else float(learning_rate)
     if not 0 < lr <= 0.05:
-        raise ValueError(f"learning rate {lr} is outside (0, 0.05]: training uses AdamW, whose "
-                         "usual rate is 0.005 (0.1 is an SGD rate)")
+        raise ValueError(
+            f"learning rate {lr} is outside (0, 0.05]: training uses AdamW, whose "
+            "usual rate is 0.005 (0.1 is an SGD rate)"
+        )
     pairs = _find_pairs(Path(images), Path(labels), label_suffix)
     from .io import read_image
 
@@ -1309,10 +1400,21 @@ def main_train(
     chans = _parse_channels(channels, first.channel_names)
     logger.info("training channels: main %s, helper %s", chans[0], chans[1])
     path = train_model(
-        images, labels, out, channels=chans, n_epochs=epochs, seed=seed, learning_rate=lr,
-        batch_size=batch_size, bsize=bsize, diam_mean=diameter, from_model=from_model,
-        holdout_fraction=holdout_fraction, label_suffix=label_suffix,
-        time_budget_s=time_budget_s, device=device,
+        images,
+        labels,
+        out,
+        channels=chans,
+        n_epochs=epochs,
+        seed=seed,
+        learning_rate=lr,
+        batch_size=batch_size,
+        bsize=bsize,
+        diam_mean=diameter,
+        from_model=from_model,
+        holdout_fraction=holdout_fraction,
+        label_suffix=label_suffix,
+        time_budget_s=time_budget_s,
+        device=device,
     )
     size_mb = Path(path).stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.1f} MiB, sha256 {_sha256_file(Path(path))[:16]}...)")
@@ -1389,10 +1491,17 @@ def main_segment(
             write_labels(out / "labels" / f"{img.name}_cells.tif", seg.cells)
             if seg.nuclei is not None and cfg.segmentation.mode != "nuclei":
                 write_labels(out / "labels" / f"{img.name}_nuclei.tif", seg.nuclei)
-            logger.info("%s: %d cells on %s in %.2f s", f.name, seg.n_cells, seg.device,
-                        seg.timings.get("total", 0.0))
-            print(f"{f.name}: {seg.n_cells} objects ({seg.device}, "
-                  f"{seg.timings.get('total', 0.0):.1f} s)")
+            logger.info(
+                "%s: %d cells on %s in %.2f s",
+                f.name,
+                seg.n_cells,
+                seg.device,
+                seg.timings.get("total", 0.0),
+            )
+            print(
+                f"{f.name}: {seg.n_cells} objects ({seg.device}, "
+                f"{seg.timings.get('total', 0.0):.1f} s)"
+            )
         except ModelNotAvailableError:
             raise
         except Exception as exc:  # noqa: BLE001 - per-image failure, recorded and reported

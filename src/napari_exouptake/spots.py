@@ -75,8 +75,14 @@ SPOT_COLUMNS = (
 
 _MAD_TO_SIGMA = 1.4826
 #: SpotsConfig fields passed on when the config has them (newer settings)
-_OPTIONAL_CFG = ("auto_method", "fdr", "max_width_factor", "min_relative_amplitude",
-                 "reference_intensity", "split_merged")
+_OPTIONAL_CFG = (
+    "auto_method",
+    "fdr",
+    "max_width_factor",
+    "min_relative_amplitude",
+    "reference_intensity",
+    "split_merged",
+)
 #: a bright punctum is split into members only when its fitted sigma exceeds this factor x the
 #: median sigma of single puncta (aggregates are wider than the PSF; bright singles are not;
 #: 1.15 before, 1.0 places more members: F1 +0.004 normal / +0.02 hard, beads -0.008)
@@ -113,16 +119,12 @@ _FDR_ITER = 8
 # --------------------------------------------------------------------------------------------
 def _check_image(image: Any, name: str = "image") -> np.ndarray:
     arr = np.asarray(image)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-    ):
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must be 2D (Y, X) or 3D (Z, Y, X), got shape {arr.shape}"
-        )
+        raise ValueError(f"{name} must be 2D (Y, X) or 3D (Z, Y, X), got shape {arr.shape}")
     if min(arr.shape) < 1:
         raise ValueError(f"{name} is empty, shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -379,8 +381,9 @@ def _fdr_threshold(
         if not np.isfinite(thr) or ring_w.size == 0:
             break
         use = vmax[sdm.col] >= thr
-        corr = np.bincount(sdm.row[use], weights=ring_w[use] * vmax[sdm.col][use],
-                           minlength=vmin.size)
+        corr = np.bincount(
+            sdm.row[use], weights=ring_w[use] * vmax[sdm.col][use], minlength=vmin.size
+        )
         new = solve(vmin + corr)
         if new >= thr:
             break
@@ -391,7 +394,10 @@ def _fdr_threshold(
 
 
 def _residual_noise_map(
-    filtered: np.ndarray, peaks: np.ndarray, radius: np.ndarray, noise: float,
+    filtered: np.ndarray,
+    peaks: np.ndarray,
+    radius: np.ndarray,
+    noise: float,
     scale: float = 10.0,
 ) -> np.ndarray:
     """Local sigma of the band-passed image away from the detected puncta.
@@ -428,8 +434,7 @@ def _residual_noise_map(
     var = np.where(den > 0.5, num / np.maximum(den, 1e-9), glob)
     h, w = filtered.shape[-2:]
     var = np.sqrt(np.maximum(var, (0.05 * noise) ** 2 + 1e-12)).astype(np.float32)
-    full = ndimage.zoom(var, (b, b), output=np.float32, order=1, mode="nearest",
-                        grid_mode=True)
+    full = ndimage.zoom(var, (b, b), output=np.float32, order=1, mode="nearest", grid_mode=True)
     out = np.ascontiguousarray(full[:h, :w]) if full.shape != (h, w) else full
     return out if filtered.ndim == 2 else np.broadcast_to(out, filtered.shape)
 
@@ -644,17 +649,13 @@ def detect_spots(
     if threshold_k <= 0:
         raise ValueError(f"threshold_k must be > 0, got {threshold_k}")
     if auto_method not in ("fdr", "mad", "tiles", "snr"):
-        raise ValueError(
-            f"auto_method must be 'snr', 'fdr', 'mad' or 'tiles', got {auto_method!r}"
-        )
+        raise ValueError(f"auto_method must be 'snr', 'fdr', 'mad' or 'tiles', got {auto_method!r}")
     if not 0 < fdr < 1:
         raise ValueError(f"fdr must lie between 0 and 1, got {fdr}")
     if max_width_factor is not None and max_width_factor <= 1:
         raise ValueError(f"max_width_factor must be > 1 or None, got {max_width_factor}")
     if not 0 <= min_relative_amplitude < 1:
-        raise ValueError(
-            f"min_relative_amplitude must lie in [0, 1), got {min_relative_amplitude}"
-        )
+        raise ValueError(f"min_relative_amplitude must lie in [0, 1), got {min_relative_amplitude}")
     if exclude_border_px < 0:
         raise ValueError(f"exclude_border_px must be >= 0, got {exclude_border_px}")
     if isinstance(threshold, str):
@@ -715,8 +716,12 @@ def detect_spots(
         else:
             pick = vmax > thr
         peaks_pre = maxima[pick]
-        logger.debug("decoy-FDR threshold: %d of %d maxima kept (%d decoy minima)",
-                     int(pick.sum()), n_max, n_min)
+        logger.debug(
+            "decoy-FDR threshold: %d of %d maxima kept (%d decoy minima)",
+            int(pick.sum()),
+            n_max,
+            n_min,
+        )
     elif fixed is None and method == "tiles":
         nmap = _noise_map(filtered)
         if mask is not None:
@@ -740,8 +745,8 @@ def detect_spots(
         logger.info("no puncta above threshold %.4g (noise sigma %.4g)", thr, noise)
         return empty
     peak_resp = filtered[tuple(peaks.T)].astype(np.float64)
-    peak_noise = nmap[tuple(peaks.T)].astype(np.float64) if nmap is not None else np.full(
-        len(peaks), noise
+    peak_noise = (
+        nmap[tuple(peaks.T)].astype(np.float64) if nmap is not None else np.full(len(peaks), noise)
     )
     del nmap
     # sub-pixel offsets from the band-passed image: symmetric around a symmetric punctum and
@@ -790,10 +795,15 @@ def detect_spots(
     if min_relative_amplitude > 0 and keep.any():
         keep &= peak_resp >= min_relative_amplitude * float(np.median(peak_resp[keep]))
     if not keep.all():
-        logger.debug("%d peak(s) rejected by the width / relative-amplitude tests",
-                     int((~keep).sum()))
+        logger.debug(
+            "%d peak(s) rejected by the width / relative-amplitude tests", int((~keep).sum())
+        )
         peaks, coords, amplitude, bg, sigma_px = (
-            peaks[keep], coords[keep], amplitude[keep], bg[keep], sigma_px[keep]
+            peaks[keep],
+            coords[keep],
+            amplitude[keep],
+            bg[keep],
+            sigma_px[keep],
         )
         peak_resp, peak_noise, height = peak_resp[keep], peak_noise[keep], height[keep]
         intensity = _disc_intensity(img, peaks, bg, int_radius)
@@ -806,8 +816,9 @@ def detect_spots(
             thr_peak = threshold_k * peak_noise
         else:
             thr_peak = np.full(len(peaks), float(thr))
-        s_typ = float(np.nanmedian(sigma_px)) if np.isfinite(sigma_px).any() else float(
-            p["psf"][-1])
+        s_typ = (
+            float(np.nanmedian(sigma_px)) if np.isfinite(sigma_px).any() else float(p["psf"][-1])
+        )
         k_sel, comps, s_fit = _split_merged(img, peaks, coords, bg, amplitude, thr_peak, s_typ)
         if np.any(k_sel > 1):
             src = np.repeat(np.arange(len(peaks)), k_sel)
@@ -827,8 +838,11 @@ def detect_spots(
             coords = new_coords
             lim = np.asarray(img.shape) - 1
             peaks = np.clip(np.rint(coords), 0, lim).astype(peaks.dtype)
-            logger.debug("%d merged detection(s) split into %d puncta",
-                         int((k_sel > 1).sum()), int(k_sel[k_sel > 1].sum()))
+            logger.debug(
+                "%d merged detection(s) split into %d puncta",
+                int((k_sel > 1).sum()),
+                int(k_sel[k_sel > 1].sum()),
+            )
     n = len(peaks)
     if cluster_estimate and np.isfinite(ref):
         n_est = np.maximum(1.0, np.floor(intensity / ref + 0.5 - _ROUND_OFFSET))
@@ -854,28 +868,37 @@ def detect_spots(
         wide = ~(sigma_px <= _WIDE_FACTOR * typical) if np.isfinite(typical) else np.ones(n, bool)
         split = (n_est > 1) & wide
         if split.any():
-            table = _decompose(
-                table, smooth, peaks, int_radius, s1, p["psf"], height, n_est, split
-            )
+            table = _decompose(table, smooth, peaks, int_radius, s1, p["psf"], height, n_est, split)
     del smooth
     cols: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
         cols[name] = table["coords"][:, i]
-    for key in ("intensity", "amplitude", "background", "sigma_px", "snr", "n_estimate",
-                "detected", "cluster_id"):
+    for key in (
+        "intensity",
+        "amplitude",
+        "background",
+        "sigma_px",
+        "snr",
+        "n_estimate",
+        "detected",
+        "cluster_id",
+    ):
         cols[key] = table[key]
     df = pd.DataFrame(cols)
     df.attrs.update(threshold=float(thr), noise_sigma=float(noise), reference_intensity=ref)
     logger.info(
         "%d puncta detected, %.0f estimated (threshold %.4g, noise sigma %.4g, reference "
-        "intensity %.4g)", n, float(n_est.sum()), thr, noise, ref,
+        "intensity %.4g)",
+        n,
+        float(n_est.sum()),
+        thr,
+        noise,
+        ref,
     )
     return df
 
 
-def _gauss_model(
-    theta: np.ndarray, grid: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _gauss_model(theta: np.ndarray, grid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Sum of ``k`` isotropic 2D Gaussians of one common width plus a constant, and its
     Jacobian.
 
@@ -903,7 +926,11 @@ def _gauss_model(
 
 
 def _lm_fit(
-    theta: np.ndarray, data: np.ndarray, grid: np.ndarray, k: int, n_iter: int,
+    theta: np.ndarray,
+    data: np.ndarray,
+    grid: np.ndarray,
+    k: int,
+    n_iter: int,
     s_bounds: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched Levenberg-Marquardt least squares of :func:`_gauss_model` to ``data``
@@ -937,6 +964,7 @@ def _lm_fit(
         lam = np.where(better, lam * 0.3, lam * 10.0)
     return theta, rss, res
 
+
 def _split_merged(
     img: np.ndarray,
     peaks: np.ndarray,
@@ -965,7 +993,7 @@ def _split_merged(
     max_k = _MAX_K if max_k is None else int(max_k)
     n = len(peaks)
     half = int(np.ceil(3.0 * s_typ))
-    gy, gx = np.mgrid[-half:half + 1, -half:half + 1]
+    gy, gx = np.mgrid[-half : half + 1, -half : half + 1]
     grid = np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
     ng = grid.shape[0]
     k_sel = np.ones(n, dtype=int)
@@ -1013,8 +1041,14 @@ def _split_merged(
         r = np.where(core[None, :], res[sub], -np.inf)
         j = np.argmax(r, axis=1)
         new = np.concatenate(
-            [prev, np.stack([np.maximum(r[np.arange(sub.size), j], 1e-3),
-                             grid[j, 0], grid[j, 1]], axis=1)], axis=1)
+            [
+                prev,
+                np.stack(
+                    [np.maximum(r[np.arange(sub.size), j], 1e-3), grid[j, 0], grid[j, 1]], axis=1
+                ),
+            ],
+            axis=1,
+        )
         th_k, rss_k, res_k = _lm_fit(new, data[sub], grid, k, _LM_ITER, bounds)
         comp = th_k[:, 2:].reshape(-1, k, 3)
         p_k = 2 + 3 * k
@@ -1247,8 +1281,10 @@ def learn_threshold(
     for i, im in enumerate(images):
         img = _check_image(im, name=f"control image {i}")
         f, _, p = _filter(img, radius_px, background_radius_px)
-        md = p["radius"] if min_distance_px is None else (
-            float(min_distance_px) * p["radius"] / p["radius"][-1]
+        md = (
+            p["radius"]
+            if min_distance_px is None
+            else (float(min_distance_px) * p["radius"] / p["radius"][-1])
         )
         pk = _local_maxima(f, np.maximum(md, 1.0), -np.inf)
         m = None if masks is None else masks[i]
@@ -1270,7 +1306,10 @@ def learn_threshold(
     thr = float(vals[min(allowed, vals.size - 1)])
     logger.info(
         "learned threshold %.4g from %d control image(s) (%d px, %.3g false/Mpx allowed)",
-        thr, len(images), n_px, max_false_per_mpx,
+        thr,
+        len(images),
+        n_px,
+        max_false_per_mpx,
     )
     return max(thr, 0.0)
 
@@ -1388,9 +1427,7 @@ def match_spots(pred: Any, truth: Any, max_dist: float = 2.0) -> SpotMatch:
     from scipy.sparse import coo_matrix
 
     n_p, n_t = len(p), len(t)
-    graph = coo_matrix(
-        (np.ones(rows.size), (rows, n_p + cols)), shape=(n_p + n_t, n_p + n_t)
-    )
+    graph = coo_matrix((np.ones(rows.size), (rows, n_p + cols)), shape=(n_p + n_t, n_p + n_t))
     _, comp = connected_components(graph, directed=False)
     pair_comp = comp[rows]
     # components with a single candidate pair are matched directly (the common case)

@@ -321,9 +321,7 @@ def _analyze_mask(
     width_px = np.maximum(2.0 * _path_means(sk, dist) - 1.0, 1.0)
     median_width = float(np.median(width_px)) if n_paths else 0.0
     merge_px = (
-        junction_merge_px
-        if junction_merge_px is not None
-        else max(3.0, 2.0 * (median_width + 1.0))
+        junction_merge_px if junction_merge_px is not None else max(3.0, 2.0 * (median_width + 1.0))
     )
 
     # graph node degrees (counting a self-loop twice)
@@ -332,9 +330,7 @@ def _analyze_mask(
     is_branch_pt = deg >= 3
     # cluster branch points joined by short paths into junctions
     short = is_branch_pt[src] & is_branch_pt[dst] & (length_px < merge_px) & (src != dst)
-    g = coo_matrix(
-        (np.ones(int(short.sum())), (src[short], dst[short])), shape=(n_graph, n_graph)
-    )
+    g = coo_matrix((np.ones(int(short.sum())), (src[short], dst[short])), shape=(n_graph, n_graph))
     _, comp = connected_components(g, directed=False)
     # external degree of each cluster: path ends that are not internal links
     ext = ~short

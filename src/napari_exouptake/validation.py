@@ -287,13 +287,26 @@ def spot_accuracy(
         cols = ["z", "y", "x"] if "z" in p.columns and "z" in t.columns else ["y", "x"]
         m = _match_spots(p[cols], t[cols], max_dist)
         dist_sum += float(m.distances.sum())
-        rows.append({"image": name, "n_pred": m.n_pred, "n_truth": m.n_truth, "tp": m.tp,
-                     "fp": m.fp, "fn": m.fn, "mean_distance_px": m.mean_distance})
-    table = pd.DataFrame(rows, columns=["image", "n_pred", "n_truth", "tp", "fp", "fn",
-                                        "mean_distance_px"])
+        rows.append(
+            {
+                "image": name,
+                "n_pred": m.n_pred,
+                "n_truth": m.n_truth,
+                "tp": m.tp,
+                "fp": m.fp,
+                "fn": m.fn,
+                "mean_distance_px": m.mean_distance,
+            }
+        )
+    table = pd.DataFrame(
+        rows, columns=["image", "n_pred", "n_truth", "tp", "fp", "fn", "mean_distance_px"]
+    )
     tot = table[["n_pred", "n_truth", "tp", "fp", "fn"]].sum()
-    pooled = {"image": "ALL", **{k: int(v) for k, v in tot.items()},
-              "mean_distance_px": dist_sum / tot["tp"] if tot["tp"] else float("nan")}
+    pooled = {
+        "image": "ALL",
+        **{k: int(v) for k, v in tot.items()},
+        "mean_distance_px": dist_sum / tot["tp"] if tot["tp"] else float("nan"),
+    }
     table = pd.concat([table, pd.DataFrame([pooled])], ignore_index=True)
     n_p, n_t, tp = table["n_pred"], table["n_truth"], table["tp"]
     table["precision"] = np.where(n_p > 0, tp / n_p.where(n_p > 0, 1), (n_t == 0).astype(float))
@@ -323,14 +336,24 @@ def count_correlation(pred_counts: Any, truth_counts: Any) -> dict[str, float]:
         raise ValueError(f"pred_counts has {p.size} values but truth_counts {t.size}")
     n = int(p.size)
     if n == 0:
-        return {"n_cells": 0, "pearson_r": float("nan"), "mean_abs_error": float("nan"),
-                "bias": float("nan"), "exact_fraction": float("nan")}
+        return {
+            "n_cells": 0,
+            "pearson_r": float("nan"),
+            "mean_abs_error": float("nan"),
+            "bias": float("nan"),
+            "exact_fraction": float("nan"),
+        }
     if n >= 2 and p.std() > 0 and t.std() > 0:
         r = float(np.corrcoef(p, t)[0, 1])
     else:
         r = float("nan")
-    return {"n_cells": n, "pearson_r": r, "mean_abs_error": float(np.abs(p - t).mean()),
-            "bias": float((p - t).mean()), "exact_fraction": float((p == t).mean())}
+    return {
+        "n_cells": n,
+        "pearson_r": r,
+        "mean_abs_error": float(np.abs(p - t).mean()),
+        "bias": float((p - t).mean()),
+        "exact_fraction": float((p == t).mean()),
+    }
 
 
 LabelSource = Mapping[str, Any] | Callable[[str], Any]
@@ -395,8 +418,12 @@ def accuracy_against_truth(
     if spots is not None and truth_spots is not None:
         table = spot_accuracy(spots, truth_spots, max_dist=max_dist)
         pooled = table.iloc[-1]
-        out.update(spots=table, spot_f1=float(pooled["f1"]),
-                   spot_precision=float(pooled["precision"]), spot_recall=float(pooled["recall"]))
+        out.update(
+            spots=table,
+            spot_f1=float(pooled["f1"]),
+            spot_precision=float(pooled["precision"]),
+            spot_recall=float(pooled["recall"]),
+        )
     if cells is None or truth_cells is None:
         return out
     if "n_spots" not in truth_cells.columns or "exo_spot_count" not in cells.columns:
@@ -410,8 +437,9 @@ def accuracy_against_truth(
         if pl is not None and tl is not None and pl.shape == tl.shape:
             m = match_labels(tl, pl, 0.5)
             ap[name] = m.ap
-            pairs.append(pd.DataFrame({"image": name, "truth_id": m.truth_ids,
-                                       "pred_id": m.pred_ids}))
+            pairs.append(
+                pd.DataFrame({"image": name, "truth_id": m.truth_ids, "pred_id": m.pred_ids})
+            )
         else:
             ids = truth_cells.loc[truth_cells["image"].astype(str) == name, "cell_id"].to_numpy()
             pairs.append(pd.DataFrame({"image": name, "truth_id": ids, "pred_id": ids}))
@@ -421,12 +449,20 @@ def accuracy_against_truth(
         pair = pd.concat(pairs, ignore_index=True)
         c = cells.assign(image=cells["image"].astype(str))
         tc = truth_cells.assign(image=truth_cells["image"].astype(str))
-        merged = pair.merge(
-            c[["image", "cell_id", "exo_spot_count"]],
-            left_on=["image", "pred_id"], right_on=["image", "cell_id"], how="inner",
-        ).drop(columns="cell_id").merge(
-            tc[["image", "cell_id", "n_spots"]],
-            left_on=["image", "truth_id"], right_on=["image", "cell_id"], how="inner",
+        merged = (
+            pair.merge(
+                c[["image", "cell_id", "exo_spot_count"]],
+                left_on=["image", "pred_id"],
+                right_on=["image", "cell_id"],
+                how="inner",
+            )
+            .drop(columns="cell_id")
+            .merge(
+                tc[["image", "cell_id", "n_spots"]],
+                left_on=["image", "truth_id"],
+                right_on=["image", "cell_id"],
+                how="inner",
+            )
         )
         out["count"] = count_correlation(merged["exo_spot_count"], merged["n_spots"])
         out["count"]["n_truth_cells"] = int(len(tc[tc["image"].isin(images)]))
@@ -454,8 +490,11 @@ def format_accuracy(acc: Mapping[str, Any]) -> str:
             f" (of {c.get('n_truth_cells', c['n_cells'])} true cells)"
         )
     if "segmentation_ap50" in acc:
-        note = " (ground-truth labels were given: 1 by construction)" if acc.get(
-            "labels_given") else ""
+        note = (
+            " (ground-truth labels were given: 1 by construction)"
+            if acc.get("labels_given")
+            else ""
+        )
         lines.append(f"  segmentation AP@0.5: {acc['segmentation_ap50']:.3f}{note}")
     if len(lines) == 1:
         lines.append("  (no ground truth to compare with)")
@@ -624,7 +663,11 @@ def _numeric_columns(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
 
 
 def _compare_values(
-    metric: str, ref: np.ndarray, new: np.ndarray, where: Sequence[str], tol: Tolerance,
+    metric: str,
+    ref: np.ndarray,
+    new: np.ndarray,
+    where: Sequence[str],
+    tol: Tolerance,
     n_missing: int = 0,
 ) -> MetricComparison:
     ref = ref.astype(float)
@@ -655,8 +698,7 @@ def _cell_pairs(current: RunTables, reference: RunTables, images: Sequence[str])
         nl = _get_labels(current.labels, name)
         if rl is not None and nl is not None and rl.shape == nl.shape:
             m = match_labels(rl, nl, 0.5)
-            rows.append(pd.DataFrame({"image": name, "ref_id": m.truth_ids,
-                                      "new_id": m.pred_ids}))
+            rows.append(pd.DataFrame({"image": name, "ref_id": m.truth_ids, "new_id": m.pred_ids}))
         else:
             ref_ids = reference.cells.loc[reference.cells["image"] == name, "cell_id"]
             new_ids = set(current.cells.loc[current.cells["image"] == name, "cell_id"])
@@ -697,25 +739,50 @@ def compare_results(
     images = list(ref_img["image"])
     missing_images = sorted(set(images) - set(new_img["image"]))
     if missing_images:
-        out.append(MetricComparison(
-            "images.image", len(images), len(images) - len(missing_images), float("nan"), None,
-            Tolerance(), False, f"missing from the re-run: {', '.join(missing_images[:5])}",
-        ))
+        out.append(
+            MetricComparison(
+                "images.image",
+                len(images),
+                len(images) - len(missing_images),
+                float("nan"),
+                None,
+                Tolerance(),
+                False,
+                f"missing from the re-run: {', '.join(missing_images[:5])}",
+            )
+        )
     merged = ref_img.merge(new_img, on="image", how="inner", suffixes=("_ref", "_new"))
     for col in [c for c in ref_img.columns if c not in _SKIP_COLUMNS]:
-        if not (pd.api.types.is_numeric_dtype(ref_img[col])
-                or pd.api.types.is_bool_dtype(ref_img[col])):
+        if not (
+            pd.api.types.is_numeric_dtype(ref_img[col]) or pd.api.types.is_bool_dtype(ref_img[col])
+        ):
             continue
         metric = f"images.{col}"
         tol = resolve_tolerance(metric, tolerances)
         if col not in new_img.columns:
-            out.append(MetricComparison(metric, len(images), 0, float("nan"), None, tol, False,
-                                        "column missing from the re-run"))
+            out.append(
+                MetricComparison(
+                    metric,
+                    len(images),
+                    0,
+                    float("nan"),
+                    None,
+                    tol,
+                    False,
+                    "column missing from the re-run",
+                )
+            )
             continue
-        out.append(_compare_values(
-            metric, merged[f"{col}_ref"].to_numpy(), merged[f"{col}_new"].to_numpy(),
-            [f"image {n}" for n in merged["image"]], tol, n_missing=len(missing_images),
-        ))
+        out.append(
+            _compare_values(
+                metric,
+                merged[f"{col}_ref"].to_numpy(),
+                merged[f"{col}_new"].to_numpy(),
+                [f"image {n}" for n in merged["image"]],
+                tol,
+                n_missing=len(missing_images),
+            )
+        )
 
     # -- per cell ----------------------------------------------------------------------------
     rc = reference.cells.assign(image=reference.cells["image"].astype(str))
@@ -735,16 +802,31 @@ def compare_results(
             continue  # checked through the label overlap
         metric = f"cells.{col}"
         tol = resolve_tolerance(metric, tolerances)
-        out.append(_compare_values(
-            metric, cm[f"{col}_ref"].to_numpy(), cm[f"{col}_new"].to_numpy(), where, tol,
-            n_missing=unmatched,
-        ))
+        out.append(
+            _compare_values(
+                metric,
+                cm[f"{col}_ref"].to_numpy(),
+                cm[f"{col}_new"].to_numpy(),
+                where,
+                tol,
+                n_missing=unmatched,
+            )
+        )
     missing_cols = [c for c in _numeric_columns(rc, rc) if c not in nc.columns]
     for col in missing_cols:
         metric = f"cells.{col}"
-        out.append(MetricComparison(metric, n_ref_cells, 0, float("nan"), None,
-                                    resolve_tolerance(metric, tolerances), False,
-                                    "column missing from the re-run"))
+        out.append(
+            MetricComparison(
+                metric,
+                n_ref_cells,
+                0,
+                float("nan"),
+                None,
+                resolve_tolerance(metric, tolerances),
+                False,
+                "column missing from the re-run",
+            )
+        )
 
     # -- puncta ------------------------------------------------------------------------------
     if reference.spots is not None and current.spots is not None:
@@ -754,12 +836,23 @@ def compare_results(
         f1 = float(pooled["f1"])
         per = acc.iloc[:-1]
         worst = per.loc[per["f1"].idxmin()] if len(per) else None
-        detail = (f"{int(pooled['fp'])} new, {int(pooled['fn'])} lost puncta"
-                  + (f"; worst image {worst['image']} (F1 {worst['f1']:.3f})"
-                     if worst is not None and worst["f1"] < 1 else ""))
-        out.append(MetricComparison("spots.f1", 1, int(f1 >= (tol.min or 1.0)), float("nan"),
-                                    f1, tol, f1 >= (tol.min if tol.min is not None else 1.0),
-                                    detail))
+        detail = f"{int(pooled['fp'])} new, {int(pooled['fn'])} lost puncta" + (
+            f"; worst image {worst['image']} (F1 {worst['f1']:.3f})"
+            if worst is not None and worst["f1"] < 1
+            else ""
+        )
+        out.append(
+            MetricComparison(
+                "spots.f1",
+                1,
+                int(f1 >= (tol.min or 1.0)),
+                float("nan"),
+                f1,
+                tol,
+                f1 >= (tol.min if tol.min is not None else 1.0),
+                detail,
+            )
+        )
 
     # -- segmentation ------------------------------------------------------------------------
     if reference.labels is not None and current.labels is not None:
@@ -773,10 +866,18 @@ def compare_results(
             score = float(np.mean(list(aps.values())))
             worst_name = min(aps, key=aps.get)
             need = tol.min if tol.min is not None else 1.0
-            out.append(MetricComparison(
-                "segmentation.ap50", 1, int(score >= need), float("nan"), score, tol,
-                score >= need, f"worst image {worst_name} (AP {aps[worst_name]:.3f})",
-            ))
+            out.append(
+                MetricComparison(
+                    "segmentation.ap50",
+                    1,
+                    int(score >= need),
+                    float("nan"),
+                    score,
+                    tol,
+                    score >= need,
+                    f"worst image {worst_name} (AP {aps[worst_name]:.3f})",
+                )
+            )
     return out
 
 
@@ -791,8 +892,10 @@ def format_comparisons(comparisons: Sequence[MetricComparison]) -> str:
         diff = "" if math.isnan(c.max_abs_diff) else f"{c.max_abs_diff:.3g}"
         verdict = "ok" if c.ok else "DISAGREES"
         extra = f"  ({c.detail})" if c.detail and not c.ok else ""
-        lines.append(f"{c.metric:<{width}}  {agree:>11}  {diff:>10}  "
-                     f"{c.tolerance.describe():<26} {verdict}{extra}")
+        lines.append(
+            f"{c.metric:<{width}}  {agree:>11}  {diff:>10}  "
+            f"{c.tolerance.describe():<26} {verdict}{extra}"
+        )
     return "\n".join(lines)
 
 
@@ -882,14 +985,18 @@ def main_validate(results_dir: str | Path, truth_dir: str | Path) -> int:
                 if not _labels_given(truth_dir):
                     tolerances = DEFAULT_TOLERANCES_SEGMENTATION
         if not truth and reference is None:
-            print(f"exouptake validate: error: {truth_dir} holds neither ground truth "
-                  "(truth_spots.csv, truth_cells.csv, labels/) nor reference results "
-                  "(cells.csv, images.csv)", file=sys.stderr)
+            print(
+                f"exouptake validate: error: {truth_dir} holds neither ground truth "
+                "(truth_spots.csv, truth_cells.csv, labels/) nor reference results "
+                "(cells.csv, images.csv)",
+                file=sys.stderr,
+            )
             return 2
         given = _labels_given(results_dir)
         if truth:
-            acc = accuracy_against_truth(run.cells, run.spots, pred_labels=run.labels,
-                                         labels_given=given, **truth)
+            acc = accuracy_against_truth(
+                run.cells, run.spots, pred_labels=run.labels, labels_given=given, **truth
+            )
             print(format_accuracy(acc))
         if reference is None:
             return 0
@@ -898,8 +1005,10 @@ def main_validate(results_dir: str | Path, truth_dir: str | Path) -> int:
         print(format_comparisons(comparisons))
         bad = [c.metric for c in comparisons if not c.ok]
         if bad:
-            print(f"exouptake validate: disagrees with the reference in: {', '.join(bad)}",
-                  file=sys.stderr)
+            print(
+                f"exouptake validate: disagrees with the reference in: {', '.join(bad)}",
+                file=sys.stderr,
+            )
             return 1
         print(f"all {len(comparisons)} metrics agree with the reference")
         return 0
