@@ -426,7 +426,7 @@ def test_widget_screenshot(widget, qtbot, tmp_path):
     assert viewer.layers[TRUTH_LAYER].selected_label == central
     camera = getattr(viewer, "scene", viewer).camera
     camera.zoom = camera.zoom * 1.4
-    for title in ("1", "2", "6"):  # fold the steps done, show the results
+    for title in ("1", "2", "6", "7"):  # fold the steps done, show the results
         widget.sections[title].collapse(animate=False)
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
@@ -548,3 +548,44 @@ def test_estimate_diameter_button(widget, qtbot):
     truth = float(np.median(np.sqrt(4 * areas[areas > 0] / np.pi)))
     print(f"estimated nucleus diameter {d:.1f} px, truth median {truth:.1f} px")
     assert 0.6 * truth < d < 1.5 * truth, widget.status.text()
+
+
+@pytest.mark.napari
+def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
+    """Step 5: the collagen/tube channels reach the config, the readouts show, QC layers appear."""
+    from napari.layers import Image
+
+    viewer = widget.viewer
+    widget.load_config(SAMPLE_DIR / "config.yaml")  # the sample config enables collagen on COL1
+    assert widget.collagen_combo.currentText() != "(none)"
+    # choose CD31 as a (fluorescence) tube-network channel as well
+    tube_item = next(
+        widget.tubes_combo.itemText(i)
+        for i in range(widget.tubes_combo.count())
+        if "CD31" in widget.tubes_combo.itemText(i)
+    )
+    widget.tubes_combo.setCurrentText(tube_item)
+    cfg = widget.current_config()
+    assert cfg.collagen is not None and cfg.tubes is not None
+    assert str(cfg.tubes.channel) == "CD31"
+    widget.cells_combo.setCurrentText(TRUTH_LAYER)
+    widget.nuclei_combo.setCurrentText("(none)")
+    _click(qtbot, widget.measure_btn)
+    _wait_idle(qtbot, widget)
+    summary = viewer.layers[TRUTH_LAYER].metadata["exouptake"]["summary"]
+    text = widget.readouts_label.text()
+    assert f"collagen coherency: {summary['collagen_coherency']:.4g}" in text
+    assert f"tube junctions: {summary['tube_junctions']:.4g}" in text
+    for kind in ("tubes", "collagen"):
+        layer = viewer.layers[f"{IMAGE} {kind} QC"]
+        assert isinstance(layer, Image) and layer.rgb
+        assert layer.data.shape[:2] == viewer.layers[TRUTH_LAYER].data.shape
+    # the saved config carries both sections, as `exouptake analyze` reads them
+    saved = widget.save_config(tmp_path / "assay.yaml")
+    from napari_exouptake.config import load_config
+
+    again = load_config(saved)
+    assert again.tubes == cfg.tubes and again.collagen == cfg.collagen
+    # choosing (none) removes a readout
+    widget.tubes_combo.setCurrentText("(none)")
+    assert widget.current_config().tubes is None

@@ -32,6 +32,7 @@ __all__ = [
     "condition_for",
     "finalize",
     "images_table",
+    "readout_overlays",
     "qc_overlay",
     "run_demo",
     "write_outputs",
@@ -356,6 +357,42 @@ def finalize(
             replace(r, cells=cells, thresholds=dict(thresholds), summary=summary, provenance=prov)
         )
     return out
+
+
+def readout_overlays(image: ImageData, result: AnalysisResult, config: AssayConfig) -> dict:
+    """QC pictures of the image-level readouts of ``result``.
+
+    Returns
+    -------
+    dict of str to (Y, X, 3) uint8 ndarray
+        ``"tubes"`` (skeleton, nodes, meshes) and/or ``"collagen"`` (orientation colour map and
+        fibre centre lines), for the readouts the config enabled.
+    """
+    out: dict[str, np.ndarray] = {}
+    if "tubes" in result.extras and config.tubes is not None:
+        from .tubes import tube_overlay
+
+        idx = _resolve_extra(config.tubes.channel, image, "tubes.channel")
+        out["tubes"] = tube_overlay(_plane2d(image, idx), result.extras["tubes"])
+    if "collagen" in result.extras and config.collagen is not None:
+        from .collagen import collagen_overlay
+
+        idx = _resolve_extra(config.collagen.channel, image, "collagen.channel")
+        out["collagen"] = collagen_overlay(_plane2d(image, idx), result.extras["collagen"])
+    return out
+
+
+#: image-level readouts shown first (napari widget, demo): key -> label
+KEY_READOUTS = {
+    "tube_total_length_um": "tube total length",
+    "tube_junctions": "tube junctions",
+    "tube_meshes": "tube meshes",
+    "tube_vessel_area_percent": "vessel area (%)",
+    "collagen_area_fraction": "collagen area fraction",
+    "collagen_coherency": "collagen coherency",
+    "collagen_mean_angle_deg": "collagen mean angle (deg)",
+    "collagen_mean_fibre_length": "mean fibre length",
+}
 
 
 def images_table(results: Sequence[AnalysisResult]) -> pd.DataFrame:

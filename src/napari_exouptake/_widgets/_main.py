@@ -103,9 +103,9 @@ def _job_analyze(
     progress: Any,
     cancel: Any,
 ) -> AnalysisResult:
-    from ..pipeline import analyze_image
+    from ..pipeline import analyze_image, readout_overlays
 
-    return analyze_image(
+    result = analyze_image(
         image,
         config,
         labels,
@@ -114,6 +114,9 @@ def _job_analyze(
         progress=lambda stage, frac: progress(frac, stage),
         cancel=cancel,
     )
+    # QC pictures of tube/collagen readouts are rendered here, off the Qt thread
+    result.extras["overlays"] = readout_overlays(image, result, config)
+    return result
 
 
 def _job_preview(
@@ -351,8 +354,23 @@ class ExoUptakeWidget(QWidget):
         f.addRow(self.table)
         lay.addWidget(g)
 
-        # 5. save and export
-        g, grid = self._section("5  Save and export", QGridLayout)
+        # 5. image-level readouts: tube formation and collagen
+        g, f = self._section("5  Tube formation and collagen")
+        self.tubes_combo, self.collagen_combo = QComboBox(), QComboBox()
+        self.tubes_combo.setToolTip(
+            "channel of a tube-formation image (calcein/CD31/phase): network analysis"
+        )
+        self.collagen_combo.setToolTip("collagen channel (Col I IF, SHG): area and fibre analysis")
+        f.addRow("tube network:", self.tubes_combo)
+        f.addRow("collagen:", self.collagen_combo)
+        self.readouts_label = QLabel("run step 4 to measure the enabled readouts")
+        self.readouts_label.setWordWrap(True)
+        self.readouts_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        f.addRow(self.readouts_label)
+        lay.addWidget(g)
+
+        # 6. save and export
+        g, grid = self._section("6  Save and export", QGridLayout)
         self.load_cfg_btn = QPushButton("Load config…")
         self.save_cfg_btn = QPushButton("Save config…")
         self.export_btn = QPushButton("Export tables…")
@@ -369,8 +387,8 @@ class ExoUptakeWidget(QWidget):
             grid.addWidget(b, k // 2, k % 2)
         lay.addWidget(g)
 
-        # 6. folder batch
-        g, f = self._section("6  Run on folder")
+        # 7. folder batch
+        g, f = self._section("7  Run on folder")
         self.batch_in = QLineEdit()
         self.batch_in.setPlaceholderText("folder of images")
         self.batch_out = QLineEdit()
@@ -511,9 +529,13 @@ class ExoUptakeWidget(QWidget):
                     )
                     sources.append(ChannelSource(f"{ly.name} [{i}: {cname}]", cname, ly.name, i))
         self._sources = sources
-        combos = [self.nucleus_combo, self.cell_combo, self.exosome_combo] + [
-            r["channel"] for r in self._marker_rows
-        ]
+        combos = [
+            self.nucleus_combo,
+            self.cell_combo,
+            self.exosome_combo,
+            self.tubes_combo,
+            self.collagen_combo,
+        ] + [r["channel"] for r in self._marker_rows]
         for combo in combos:
             self._fill_combo(combo, [s.label for s in sources])
         labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels)]
@@ -629,6 +651,8 @@ class ExoUptakeWidget(QWidget):
             (self.nucleus_combo, ch.nucleus),
             (self.cell_combo, ch.cell),
             (self.exosome_combo, ch.exosome),
+            (self.tubes_combo, config.tubes.channel if config.tubes else None),
+            (self.collagen_combo, config.collagen.channel if config.collagen else None),
         ):
             s = self._find_source(ref)
             combo.setCurrentText(s.label if s is not None else NONE)
@@ -707,6 +731,10 @@ class ExoUptakeWidget(QWidget):
                 "value": self._overrides["exo"],
             }
         data = self._base.to_dict()
+        for key, combo in (("tubes", self.tubes_combo), ("collagen", self.collagen_combo)):
+            src = ref(combo)
+            # keep the section's other settings (from a loaded config) when only the channel moves
+            data[key] = None if src is None else {**(data.get(key) or {}), "channel": src}
         data.update(
             channels=channels,
             segmentation={**data["segmentation"], **seg},
@@ -1078,6 +1106,7 @@ class ExoUptakeWidget(QWidget):
                 metadata=pmeta,
             )
         )
+        self._show_readouts(result, geo)
         cells_layer.visible = True  # show what was measured (and let clicks pick cells)
         self.viewer.layers.selection.active = cells_layer
         self.table.set_table(result.cells)
@@ -1098,6 +1127,43 @@ class ExoUptakeWidget(QWidget):
         self._say(
             f"{result.image}: {n} cells, {len(result.spots)} puncta, {100 * pos:.0f}% EV-positive"
         )
+
+    def _show_readouts(self, result: AnalysisResult, geo: dict[str, Any]) -> None:
+        """Image-level readouts as text, and their QC pictures as RGB layers."""
+        from ..pipeline import KEY_READOUTS
+
+        summary = result.summary
+        lines = []
+        for key, label in KEY_READOUTS.items():
+            if key in summary:
+                value = summary[key]
+                unit = ""
+                if key.startswith("tube_total_length"):
+                    unit = " " + str(summary.get("tube_length_unit", "um"))
+                if key == "collagen_mean_fibre_length":
+                    unit = " " + str(summary.get("collagen_length_unit", "um"))
+                text = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+                lines.append(f"{label}: {text}{unit}")
+        self.readouts_label.setText(
+            "\n".join(lines) if lines else "no tube or collagen channel chosen"
+        )
+        for kind, rgb in result.extras.get("overlays", {}).items():
+            name = f"{result.image} {kind} QC"
+            meta = {META_KEY: {"kind": f"{kind}_overlay", "image": result.image}}
+            scale = tuple(geo["scale"])[-2:]
+            translate = tuple(geo["translate"])[-2:]
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = rgb
+            else:
+                self.viewer.add_image(
+                    rgb,
+                    name=name,
+                    rgb=True,
+                    scale=scale,
+                    translate=translate,
+                    visible=False,
+                    metadata=meta,
+                )
 
     def _link_labels(self, layer: Any) -> None:
         if self._cells_layer is layer:
