@@ -48,6 +48,7 @@ from scipy import ndimage
 
 __all__ = [
     "SPOT_COLUMNS",
+    "MatchCounts",
     "SpotMatch",
     "detect_spots",
     "detect_spots_from_config",
@@ -1317,8 +1318,34 @@ def learn_threshold(
 # --------------------------------------------------------------------------------------------
 # scoring against ground truth
 # --------------------------------------------------------------------------------------------
+class MatchCounts:
+    """True/false positives and negatives of a one-to-one matching.
+
+    Subclasses hold ``n_pred`` and ``n_truth`` and say how many pairs matched (``_n_matched``);
+    shared by :class:`SpotMatch` and :class:`napari_exouptake.validation.LabelMatch`.
+    """
+
+    n_pred: int
+    n_truth: int
+
+    def _n_matched(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def tp(self) -> int:
+        return int(self._n_matched())
+
+    @property
+    def fp(self) -> int:
+        return self.n_pred - self.tp
+
+    @property
+    def fn(self) -> int:
+        return self.n_truth - self.tp
+
+
 @dataclass(frozen=True)
-class SpotMatch:
+class SpotMatch(MatchCounts):
     """One-to-one matching of predicted and true puncta.
 
     Attributes
@@ -1337,17 +1364,8 @@ class SpotMatch:
     n_pred: int
     n_truth: int
 
-    @property
-    def tp(self) -> int:
-        return int(self.pred_index.size)
-
-    @property
-    def fp(self) -> int:
-        return self.n_pred - self.tp
-
-    @property
-    def fn(self) -> int:
-        return self.n_truth - self.tp
+    def _n_matched(self) -> int:
+        return self.pred_index.size
 
     @property
     def precision(self) -> float:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .spots import MatchCounts
+
 __all__ = [
     "DEFAULT_TOLERANCES",
     "DEFAULT_TOLERANCES_SEGMENTATION",
@@ -95,7 +97,7 @@ _SKIP_COLUMNS = {"image", "cell_id", "spot_id", "condition"}
 # segmentation: IoU matching and average precision
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LabelMatch:
+class LabelMatch(MatchCounts):
     """One-to-one matching of true and predicted objects at an IoU threshold.
 
     Attributes
@@ -117,17 +119,8 @@ class LabelMatch:
     n_pred: int
     threshold: float
 
-    @property
-    def tp(self) -> int:
-        return int(self.truth_ids.size)
-
-    @property
-    def fp(self) -> int:
-        return self.n_pred - self.tp
-
-    @property
-    def fn(self) -> int:
-        return self.n_truth - self.tp
+    def _n_matched(self) -> int:
+        return self.truth_ids.size
 
     @property
     def ap(self) -> float:
