@@ -72,15 +72,7 @@ def bench_cpu(model: str, repeats: int, diameter: float) -> dict:
     im = from_array(img[None], axes="CYX", channel_names=["DNA"])
     cp = S._get_model(rm, "cpu")  # the same loaded network for both paths
     sc = cfg.segmentation
-    kw = {
-        "diameter": diameter,
-        "flow_threshold": sc.flow_threshold,
-        "cellprob_threshold": sc.cellprob_threshold,
-        "min_size": sc.min_size_px,
-        "resample": sc.resample,
-        "tile_overlap": sc.tile_overlap,
-        "batch_size": sc.batch_size,
-    }
+    kw = {**S.eval_kwargs(sc, diameter), "batch_size": sc.batch_size}
 
     def direct() -> np.ndarray:
         return cp.eval(img, channels=[0, 0], **kw)[0]

@@ -235,32 +235,22 @@ def read_bundle_folder(path: str | list[str]) -> list[tuple]:
         for _, kwargs, _ in chans:
             kwargs["metadata"].update(tie)
         layers += chans
-        truth = bundle.truth_cell_labels(name)
-        if truth is not None:
-            layers.append(
-                labels_layer_data(
-                    truth,
-                    None,
-                    name=f"{name} cells (truth)",
-                    ndim=ndim,
-                    scale=scale,
-                    opacity=0.3,
-                    metadata=tie,
+        for kind, truth in (
+            ("cells", bundle.truth_cell_labels(name)),
+            ("nuclei", bundle.truth_nucleus_labels(name)),
+        ):
+            if truth is not None:
+                layers.append(
+                    labels_layer_data(
+                        truth,
+                        None,
+                        name=f"{name} {kind} (truth)",
+                        ndim=ndim,
+                        scale=scale,
+                        opacity=0.3,
+                        metadata=tie,
+                    )
                 )
-            )
-        truth = bundle.truth_nucleus_labels(name)
-        if truth is not None:
-            layers.append(
-                labels_layer_data(
-                    truth,
-                    None,
-                    name=f"{name} nuclei (truth)",
-                    ndim=ndim,
-                    scale=scale,
-                    opacity=0.3,
-                    metadata=tie,
-                )
-            )
         spots = bundle.truth_spots(name)
         if spots is not None:
             layers.append(

@@ -37,7 +37,9 @@ from scipy import ndimage
 
 from .tubes import (
     _check_image2d,
+    _check_params,
     _check_pixel_size,
+    _check_thresholds,
     _otsu_or_none,
     _path_lengths_smoothed,
     _prune_skeleton,
@@ -264,18 +266,15 @@ def analyze_collagen(
     """
     img = _check_image2d(image2d)
     ps = _check_pixel_size(pixel_size_um)
-    for name, val in (
-        ("tensor_sigma_px", tensor_sigma_px),
-        ("ridge_sigma_px", ridge_sigma_px),
-        ("gradient_sigma_px", gradient_sigma_px),
-    ):
-        if not np.isfinite(val) or val <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
+    _check_params(
+        positive=True,
+        tensor_sigma_px=tensor_sigma_px,
+        ridge_sigma_px=ridge_sigma_px,
+        gradient_sigma_px=gradient_sigma_px,
+    )
     if int(n_angle_bins) < 2:
         raise ValueError(f"n_angle_bins must be >= 2, got {n_angle_bins!r}")
-    for name, val in (("threshold", threshold), ("ridge_threshold", ridge_threshold)):
-        if not (val == "auto" or isinstance(val, int | float)):
-            raise ValueError(f"{name} must be 'auto' or a number, got {val!r}")
+    _check_thresholds(threshold=threshold, ridge_threshold=ridge_threshold)
     if not bright_collagen:
         img = img.max() - img
 

@@ -44,6 +44,7 @@ __all__ = [
     "cellpose_major_version",
     "cellpose_version",
     "clear_model_cache",
+    "eval_kwargs",
     "estimate_diameter",
     "holdout_split",
     "main_segment",
@@ -980,6 +981,25 @@ def _stack_input(main: np.ndarray, helper: np.ndarray | None, major: int) -> np.
     return x
 
 
+def eval_kwargs(sc: Any, diameter: float | None) -> dict[str, Any]:
+    """Keyword arguments of Cellpose's ``eval`` that a ``SegmentationConfig`` sets.
+
+    Parameters
+    ----------
+    sc : SegmentationConfig
+    diameter : float or None
+        Object diameter in pixels (None: Cellpose estimates it).
+    """
+    return {
+        "diameter": diameter,
+        "flow_threshold": sc.flow_threshold,
+        "cellprob_threshold": sc.cellprob_threshold,
+        "min_size": sc.min_size_px,
+        "resample": sc.resample,
+        "tile_overlap": sc.tile_overlap,
+    }
+
+
 def segment(
     image: ImageData,
     config: AssayConfig,
@@ -1213,12 +1233,7 @@ def _segment_array(
         rm.major,
     )
     kw = {
-        "diameter": diameter,
-        "flow_threshold": sc.flow_threshold,
-        "cellprob_threshold": sc.cellprob_threshold,
-        "min_size": sc.min_size_px,
-        "resample": sc.resample,
-        "tile_overlap": sc.tile_overlap,
+        **eval_kwargs(sc, diameter),
         "normalize": {"normalize": bool(sc.normalize), "norm3D": bool(sc.do_3d)},
     }
     if z == 1:

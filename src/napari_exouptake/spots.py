@@ -874,16 +874,7 @@ def detect_spots(
     cols: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
         cols[name] = table["coords"][:, i]
-    for key in (
-        "intensity",
-        "amplitude",
-        "background",
-        "sigma_px",
-        "snr",
-        "n_estimate",
-        "detected",
-        "cluster_id",
-    ):
+    for key in SPOT_COLUMNS[3:]:  # every column after the coordinates z, y, x
         cols[key] = table[key]
     df = pd.DataFrame(cols)
     df.attrs.update(threshold=float(thr), noise_sigma=float(noise), reference_intensity=ref)

@@ -142,15 +142,12 @@ def analyze_tubes(
     """
     img = _check_image2d(image2d)
     ps = _check_pixel_size(pixel_size_um)
-    for name, val in (
-        ("smoothing_sigma_px", smoothing_sigma_px),
-        ("min_segment_length_px", min_segment_length_px),
-        ("min_mesh_area_px", min_mesh_area_px),
-    ):
-        if not np.isfinite(val) or val < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
-    if not (threshold == "auto" or isinstance(threshold, int | float)):
-        raise ValueError(f"threshold must be 'auto' or a number, got {threshold!r}")
+    _check_params(
+        smoothing_sigma_px=smoothing_sigma_px,
+        min_segment_length_px=min_segment_length_px,
+        min_mesh_area_px=min_mesh_area_px,
+    )
+    _check_thresholds(threshold=threshold)
 
     if not bright_tubes:
         img = img.max() - img
@@ -622,6 +619,22 @@ def _check_image2d(image: np.ndarray, name: str = "image2d") -> np.ndarray:
             f"{name} contains {int(bad.sum())} NaN/inf pixel(s); fill or crop them before analysis"
         )
     return arr
+
+
+def _check_params(*, positive: bool = False, **params: float) -> None:
+    """Raise ValueError unless every parameter is finite and >= 0 (> 0 with ``positive``)."""
+    for name, val in params.items():
+        if not np.isfinite(val) or (val <= 0 if positive else val < 0):
+            raise ValueError(
+                f"{name} must be a finite number {'>' if positive else '>='} 0, got {val!r}"
+            )
+
+
+def _check_thresholds(**thresholds: object) -> None:
+    """Raise ValueError unless every threshold is ``"auto"`` or a number."""
+    for name, val in thresholds.items():
+        if not (val == "auto" or isinstance(val, int | float)):
+            raise ValueError(f"{name} must be 'auto' or a number, got {val!r}")
 
 
 def _check_pixel_size(pixel_size_um: float | None) -> float | None:

@@ -958,31 +958,25 @@ class ExoUptakeWidget(QWidget):
                     "model": seg.model_id,
                 }
             }
-            cells = self._put_layer(
-                labels_layer_data(
-                    seg.cells,
-                    None,
-                    name=f"{image.name} cells",
-                    ndim=geo["ndim"],
-                    scale=geo["scale"],
-                    translate=geo["translate"],
-                    metadata=meta,
-                )
-            )
-            if seg.nuclei is not None:
-                nmeta = {META_KEY: {**meta[META_KEY], "kind": "nuclei"}}
-                nuc = self._put_layer(
+
+            def put(data: np.ndarray, kind: str, metadata: dict, **kwargs: Any) -> Any:
+                return self._put_layer(
                     labels_layer_data(
-                        seg.nuclei,
+                        data,
                         None,
-                        name=f"{image.name} nuclei",
+                        name=f"{image.name} {kind}",
                         ndim=geo["ndim"],
                         scale=geo["scale"],
                         translate=geo["translate"],
-                        metadata=nmeta,
-                        opacity=0.3,
+                        metadata=metadata,
+                        **kwargs,
                     )
                 )
+
+            cells = put(seg.cells, "cells", meta)
+            if seg.nuclei is not None:
+                nmeta = {META_KEY: {**meta[META_KEY], "kind": "nuclei"}}
+                nuc = put(seg.nuclei, "nuclei", nmeta, opacity=0.3)
                 self.nuclei_combo.setCurrentText(nuc.name)
             self.cells_combo.setCurrentText(cells.name)
             self.device_label.setText(f"used {seg.device}")
