@@ -924,6 +924,13 @@ class Segmentation:
     def n_cells(self) -> int:
         return int(len(np.unique(self.cells)) - (1 if (self.cells == 0).any() else 0))
 
+    def warn(self, msg: str, *, once: bool = False) -> None:
+        """Log a warning and record it in ``warnings`` (with ``once``: only the first time)."""
+        if once and msg in self.warnings:
+            return
+        self.warnings.append(msg)
+        logger.warning(msg)
+
     def provenance(self) -> dict:
         """JSON-ready model identity, device and timings (for ``run.json``)."""
         return {
@@ -1156,9 +1163,7 @@ def segment(
                     "no pixel size (config.pixel_size_um or file metadata): expand_um "
                     "taken as pixels"
                 )
-                if msg not in seg.warnings:
-                    seg.warnings.append(msg)
-                    logger.warning(msg)
+                seg.warn(msg, once=True)
             signal = None
             if sc.expand_method == "watershed":
                 sch = cell_ch if cell_ch is not None else roles.exosome
@@ -1219,13 +1224,11 @@ def _segment_array(
     empty = np.zeros(main.shape, dtype=np.int32)
     if min(h, w) < 8:
         msg = f"image of {h}x{w} pixels is too small to segment: returning no objects"
-        logger.warning(msg)
-        seg.warnings.append(msg)
+        seg.warn(msg)
         return empty
     if not np.ptp(main) > 0:
         msg = "segmentation channel is constant (e.g. all zero): returning no objects"
-        logger.warning(msg)
-        seg.warnings.append(msg)
+        seg.warn(msg)
         return empty
     x = _stack_input(
         main.astype(np.float32, copy=False),
@@ -1250,9 +1253,7 @@ def _segment_array(
                     "z-stack with do_3d=False and stitch_threshold=0: planes segmented "
                     "in 2D and stitched at IoU 0.5"
                 )
-                if msg not in seg.warnings:
-                    seg.warnings.append(msg)
-                    logger.warning(msg)
+                seg.warn(msg, once=True)
             kw.update(stitch_threshold=st)
         lab = _run(rm, device, x, sc.batch_size, kw, info).reshape(z, h, w)
     n = int(lab.max()) if lab.size else 0
