@@ -183,3 +183,12 @@ def test_cancel_stops_between_stages(sample):
     cfg, path, cells, _ = sample
     with pytest.raises(InterruptedError):
         pipeline.analyze_image(path, cfg, labels=cells, cancel=lambda: True)
+
+
+def test_readout_channel_error_names_its_key():
+    cfg = _cfg3().with_updates(collagen={"channel": "COL1"})
+    img = from_array(np.zeros((3, 40, 50), np.uint16), "CYX", ["DAPI", "PKH", "CD31"])
+    lab = np.zeros((40, 50), np.int32)
+    lab[5:20, 5:20] = 1
+    with pytest.raises(ConfigError, match=r"^collagen.channel: no channel named 'COL1'"):
+        pipeline.analyze_image(img, cfg, labels=lab)

@@ -43,6 +43,7 @@ __all__ = [
     "config_hash",
     "dump_config",
     "load_config",
+    "resolve_channel",
     "save_config",
     "template_config",
 ]
@@ -128,6 +129,42 @@ class ResolvedChannels(_Frozen):
     markers: dict[str, int] = Field(default_factory=dict)
 
 
+def resolve_channel(ref: ChannelRef | None, channel_names: Sequence[str], key: str) -> int | None:
+    """Resolve one channel reference (0-based index or channel name) to an index.
+
+    Parameters
+    ----------
+    ref : int, str or None
+    channel_names : sequence of str
+        The image's channel names.
+    key : str
+        The config key the reference came from, named in the error (``channels.exosome``,
+        ``tubes.channel`` ...).
+
+    Raises
+    ------
+    ConfigError
+        When the index is out of range or no channel has that name (case-insensitive).
+    """
+    if ref is None:
+        return None
+    names = list(channel_names)
+    listing = ", ".join(f"{i}: {n}" for i, n in enumerate(names)) or "none"
+    if isinstance(ref, int):
+        if ref >= len(names):
+            raise ConfigError(
+                f"{key}: channel {ref} does not exist: the image has "
+                f"{len(names)} channel(s) ({listing})"
+            )
+        return ref
+    folded = [n.casefold() for n in names]
+    if ref.casefold() in folded:
+        return folded.index(ref.casefold())
+    if ref.isdigit() and int(ref) < len(names):
+        return int(ref)
+    raise ConfigError(f"{key}: no channel named {ref!r}; the image's channels are ({listing})")
+
+
 class ChannelsConfig(_Frozen):
     """Channel roles: each a 0-based index or a channel name from the file's metadata."""
 
@@ -172,24 +209,7 @@ class ChannelsConfig(_Frozen):
         names = list(channel_names)
 
         def one(role: str, ref: ChannelRef | None) -> int | None:
-            if ref is None:
-                return None
-            listing = ", ".join(f"{i}: {n}" for i, n in enumerate(names)) or "none"
-            if isinstance(ref, int):
-                if ref >= len(names):
-                    raise ConfigError(
-                        f"channels.{role}: channel {ref} does not exist: the image has "
-                        f"{len(names)} channel(s) ({listing})"
-                    )
-                return ref
-            folded = [n.casefold() for n in names]
-            if ref.casefold() in folded:
-                return folded.index(ref.casefold())
-            if ref.isdigit() and int(ref) < len(names):
-                return int(ref)
-            raise ConfigError(
-                f"channels.{role}: no channel named {ref!r}; the image's channels are ({listing})"
-            )
+            return resolve_channel(ref, names, f"channels.{role}")
 
         return ResolvedChannels(
             nucleus=one("nucleus", self.nucleus),

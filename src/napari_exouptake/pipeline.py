@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AssayConfig, ConfigError, config_hash
+from .config import AssayConfig, ConfigError, config_hash, resolve_channel
 from .io import ImageData, read_image, read_labels, write_labels, write_table
 
 __all__ = [
@@ -218,7 +218,7 @@ def analyze_image(
     if config.tubes is not None:
         from .tubes import analyze_tubes
 
-        idx = _resolve_extra(config.tubes.channel, image, "tubes.channel")
+        idx = resolve_channel(config.tubes.channel, image.channel_names, "tubes.channel")
         params = config.tubes.model_dump(exclude={"channel"})
         res = analyze_tubes(_plane2d(image, idx), pixel_size_um=pixel_size, **params)
         extras["tubes"] = res
@@ -226,7 +226,7 @@ def analyze_image(
     if config.collagen is not None:
         from .collagen import analyze_collagen, collagen_per_cell
 
-        idx = _resolve_extra(config.collagen.channel, image, "collagen.channel")
+        idx = resolve_channel(config.collagen.channel, image.channel_names, "collagen.channel")
         params = config.collagen.model_dump(exclude={"channel", "ring_width_px"})
         col_img = _plane2d(image, idx)
         res = analyze_collagen(col_img, pixel_size_um=pixel_size, **params)
@@ -372,12 +372,12 @@ def readout_overlays(image: ImageData, result: AnalysisResult, config: AssayConf
     if "tubes" in result.extras and config.tubes is not None:
         from .tubes import tube_overlay
 
-        idx = _resolve_extra(config.tubes.channel, image, "tubes.channel")
+        idx = resolve_channel(config.tubes.channel, image.channel_names, "tubes.channel")
         out["tubes"] = tube_overlay(_plane2d(image, idx), result.extras["tubes"])
     if "collagen" in result.extras and config.collagen is not None:
         from .collagen import collagen_overlay
 
-        idx = _resolve_extra(config.collagen.channel, image, "collagen.channel")
+        idx = resolve_channel(config.collagen.channel, image.channel_names, "collagen.channel")
         out["collagen"] = collagen_overlay(_plane2d(image, idx), result.extras["collagen"])
     return out
 
@@ -413,12 +413,6 @@ def _channel_float(image: ImageData, index: int | None, role: str) -> np.ndarray
             "infinite values; fix or crop the image"
         )
     return arr
-
-
-def _resolve_extra(ref: int | str, image: ImageData, key: str) -> int:
-    from .config import ChannelsConfig
-
-    return ChannelsConfig(exosome=ref).resolve(image.channel_names).exosome  # type: ignore
 
 
 def _plane2d(image: ImageData, index: int) -> np.ndarray:
