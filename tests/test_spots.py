@@ -116,6 +116,51 @@ def test_merged_pair_is_split_into_two_resolved_puncta():
         assert len(d1) == 5 and (np.hypot(d1.y - 24.3, d1.x - 23.8) < 4).sum() == 1
 
 
+def _pairs_image(sep, ratio, seed=0):
+    """32 isolated puncta (to learn the model from) and 24 bright puncta each with a dimmer
+    neighbour ``sep`` px away (``ratio`` x as bright), Poisson noise."""
+    iso = [[16 + 32 * i, 16 + 32 * j] for i in range(8) for j in range(4)]
+    bright = [[16 + 32 * i, 150 + 32 * j] for i in range(8) for j in range(3)]
+    dim = [[y + 0.3, x + sep] for y, x in bright]
+    amps = [600] * len(iso) + [1200] * len(bright) + [1200 * ratio] * len(dim)
+    img = gaussians((256, 256), iso + bright + dim, amps)
+    return np.random.default_rng(seed).poisson(img).astype(float), iso, bright, dim
+
+
+@pytest.mark.parametrize(("sep", "ratio", "min_found"), [(3.0, 0.5, 24), (3.5, 0.25, 12)])
+def test_residual_pass_finds_dim_neighbours(sep, ratio, min_found):
+    """A dim punctum 3-3.5 px from a bright one sits in its wing and makes no peak of its own;
+    after subtracting the model of the bright ones it is found (measured over noise seeds 0-2:
+    24/24 and 13-19/24, against 0 and 1-3 without the pass), with no extra detections (80
+    truth puncta)."""
+    img, iso, bright, dim = _pairs_image(sep, ratio)
+    off = detect_spots(img, residual_pass=False)
+    on = detect_spots(img)  # "auto"
+    assert on.attrs["residual_pass"] and on.attrs["model_halo"] < 0.05
+    assert not off.attrs["residual_pass"]
+    d_off, d_on = off[off["detected"]], on[on["detected"]]
+    assert match_spots(d_off, dim, 1.0).tp <= 3
+    assert match_spots(d_on, dim, 1.0).tp >= min_found
+    assert match_spots(d_on, bright, 1.0).tp == 24 and match_spots(d_on, iso, 1.0).tp == 32
+    assert len(d_on) <= 80
+
+
+def test_residual_pass_skipped_when_puncta_have_a_halo():
+    """Puncta with a ring 3.5 px out (15 % of the peak, as out-of-focus beads) do not fit the
+    Gaussian model: "auto" skips the pass and reports the halo; True runs it anyway."""
+    centres = [[16 + 32 * i, 16 + 32 * j] for i in range(8) for j in range(8)]
+    img = gaussians((256, 256), centres, [1000] * len(centres))
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    for cy, cx in centres:
+        r = np.hypot(yy - cy, xx - cx)
+        img += 150 * np.exp(-((r - 3.5) ** 2) / (2 * 0.8**2))
+    img = np.random.default_rng(1).poisson(img).astype(float)
+    auto = detect_spots(img)
+    assert not auto.attrs["residual_pass"] and auto.attrs["model_halo"] > 0.05
+    forced = detect_spots(img, residual_pass=True)
+    assert forced.attrs["residual_pass"]
+
+
 def test_empty_and_flat_images_give_empty_tables():
     for img in (np.zeros((32, 32)), np.full((32, 32), 7, np.uint16), np.zeros((3, 16, 16))):
         df = detect_spots(img)
@@ -278,6 +323,7 @@ def test_width_and_relative_amplitude_tests():
         ({"fdr": 1.5}, "fdr"),
         ({"max_width_factor": 0.5}, "max_width_factor"),
         ({"min_relative_amplitude": 1.0}, "min_relative_amplitude"),
+        ({"residual_pass": "sometimes"}, "residual_pass"),
     ],
 )
 def test_new_parameter_errors(kwargs, match):
@@ -342,7 +388,7 @@ def _sim_scores(difficulty, seeds=(501, 502)):
 
 @pytest.mark.slow
 def test_simulated_regression_levels_and_marker_target():
-    """Measured on seeds 501/502: F1 0.869 / 0.713 (normal / hard), count r 0.935 / 0.851,
+    """Measured on seeds 501/502: F1 0.889 / 0.735 (normal / hard), count r 0.949 / 0.847,
     marker mean vs true mean r 1.000 (target >= 0.99: met). Regression guards below the
     measured levels; the marker assertion is the target itself."""
     f1_n, r_n, rm_n = _sim_scores("normal")
@@ -356,9 +402,10 @@ def test_simulated_regression_levels_and_marker_target():
 @pytest.mark.xfail(
     strict=True,
     reason="targets F1 >= 0.95 / count r >= 0.98 at normal not met: "
-    "measured F1 0.875 / r 0.963 (seeds 601-604), 0.869 / 0.935 (501/502); "
-    "crowded puncta 2-4 px apart merge; with split_merged=True 0.885 / 0.965 "
-    "(601-604), 0.879 / 0.958 (701-704)",
+    "measured F1 0.895 / r 0.968 (seeds 601-604), 0.889 / 0.949 (501/502); "
+    "puncta closer than ~2.5 px merge and unresolved ones are counted by brightness; "
+    "scripts/spot_bounds.py: an ideal detector resolving everything >= 1.5 px apart "
+    "scores F1 0.938, count r 0.977",
 )
 def test_simulated_normal_targets():
     f1, r, _ = _sim_scores("normal")
@@ -368,9 +415,9 @@ def test_simulated_normal_targets():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="target F1 >= 0.80 at hard not met: measured 0.724 "
-    "(seeds 601-604), 0.713 (501/502); count r 0.905 / 0.851 vs target 0.90; "
-    "split_merged=True: F1 0.722 (601-604 and 701-704), r 0.904 / 0.866",
+    reason="target F1 >= 0.80 at hard not met: measured 0.743 "
+    "(seeds 601-604), 0.735 (501/502); count r 0.906 / 0.847 vs target 0.90; "
+    "dim puncta on granular autofluorescence are missed (recall 0.66)",
 )
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")

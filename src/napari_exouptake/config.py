@@ -261,6 +261,7 @@ class SpotsConfig(_Frozen):
     min_distance_px: float | None = Field(None, gt=0)
     cluster_estimate: bool = True
     split_merged: bool = False
+    residual_pass: bool | Literal["auto"] = "auto"
     exclude_border_px: int = Field(0, ge=0)
 
 
@@ -576,6 +577,8 @@ spots:
   min_distance_px: null   # minimum distance between puncta; null = derived from radius_px
   cluster_estimate: true  # estimate puncta per bright aggregate from the typical single punctum
   split_merged: false     # fit 1-3 Gaussians to merged peaks (about 10x slower; see docs)
+  residual_pass: auto     # detect again after subtracting the found puncta (dim puncta next to
+                          # bright ones); auto = when the Gaussian model fits the image's puncta
   exclude_border_px: 0    # ignore puncta this close to the image border
 
 positivity:
