@@ -353,3 +353,33 @@ def test_measure_faster_than_regionprops():
         measure_cells(lab, chans, None)
         t_us.append(time.perf_counter() - t0)
     assert min(t_rp) / min(t_us) > 4.0, (t_rp, t_us)
+
+
+def test_numba_kernels_work_without_a_writable_cache(monkeypatch, caplog):
+    """Where numba finds no writable cache location it raises at decoration; the kernels are
+    then compiled without the on-disk cache and give the same sums."""
+    numba = pytest.importorskip("numba")
+    from napari_exouptake import measure
+
+    real = numba.njit
+
+    def no_cache(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return real(*args, **kwargs)
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (20, 30)).astype(np.int32)
+    img = rng.integers(0, 1000, (20, 30)).astype(np.uint16)
+    expected = measure_cells(labels, {"exosome": img})
+    monkeypatch.setattr(numba, "njit", no_cache)
+    measure._run_sum_kernel.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="napari_exouptake._numba"):
+            got = measure_cells(labels, {"exosome": img})
+    finally:
+        measure._run_sum_kernel.cache_clear()
+    assert "numba cannot cache run_sums" in caplog.text
+    pd.testing.assert_frame_equal(got, expected)
+    sums = np.bincount(labels.ravel(), weights=img.ravel())[1:]
+    np.testing.assert_allclose(got["exo_mean_intensity"] * got["area_px"], sums)

@@ -222,9 +222,8 @@ def _run_sum_kernel() -> Any:
     image); numba is already installed as a dependency of skan. Compiled on first use and
     cached on disk.
     """
-    import numba
+    from ._numba import njit_cached
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
     def run_sums(flat, start, end, out):  # pragma: no cover - compiled
         for i in range(start.size):
             acc = 0  # int64 for integer images, float64 for float ones
@@ -232,7 +231,7 @@ def _run_sum_kernel() -> Any:
                 acc += flat[j]
             out[i] = acc
 
-    return run_sums
+    return njit_cached(run_sums, nogil=True, fastmath=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -566,9 +566,8 @@ def _subtract_kernel() -> Any:
     a 2048 x 2048 image with 20,000 puncta); this loop takes ~0.02 s. numba is a dependency
     (also used by skan); the kernel is compiled on first use and cached on disk.
     """
-    import numba
+    from ._numba import njit_cached
 
-    @numba.njit(nogil=True, cache=True)
     def subtract(res, peaks, coords, amp, sigma, corr, half, w):  # pragma: no cover - compiled
         h, wd = res.shape
         for i in range(peaks.shape[0]):
@@ -592,7 +591,7 @@ def _subtract_kernel() -> Any:
                         v += corr[dy + w, dx + w]
                     res[y, x] -= a * v
 
-    return subtract
+    return njit_cached(subtract, nogil=True)
 
 
 def _residual_image(
