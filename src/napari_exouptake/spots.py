@@ -557,6 +557,32 @@ def _subpixel(
     return offsets, height, sig
 
 
+def _keep_peaks(
+    peaks: np.ndarray, mask: np.ndarray | None, shape: tuple[int, ...], border: int
+) -> np.ndarray:
+    """Peaks inside ``mask`` and at least ``border`` px from the Y/X image border."""
+    if mask is not None and len(peaks):
+        peaks = peaks[mask[tuple(peaks.T)]]
+    if len(peaks):
+        lat = peaks[:, -2:]
+        peaks = peaks[np.all((lat >= border) & (lat < np.asarray(shape[-2:]) - border), axis=1)]
+    return peaks
+
+
+def _ring_background(img: np.ndarray, peaks: np.ndarray, ring_off: np.ndarray) -> np.ndarray:
+    """Local background of each peak: median of the raw image on the annulus ``ring_off``."""
+    vals, valid, _ = _gather(img, peaks, ring_off)
+    return np.nanmedian(np.where(valid, vals.astype(np.float64), np.nan), axis=1)
+
+
+def _lateral_sigma(sig_s: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """Punctum sigma (px) from the fitted per-axis sigma of the ``s1``-smoothed image: the
+    smoothing removed, mean over the Y/X axes that fitted (NaN where none did)."""
+    lat = np.sqrt(np.clip(sig_s**2 - s1**2, 0.0, None))[:, -2:]
+    n_ok = np.isfinite(lat).sum(axis=1)
+    return np.where(n_ok > 0, np.nansum(lat, axis=1) / np.maximum(n_ok, 1), np.nan)
+
+
 @functools.cache
 def _subtract_kernel() -> Any:
     """Compiled ``res[window of p] -= amp * (gauss(p) + corr)`` over puncta ``p`` (2D).
@@ -864,15 +890,10 @@ def detect_spots(
         peaks = peaks_pre
     else:
         peaks = _local_maxima(filtered, min_dist, thr_used)
-    if mask is not None and len(peaks):
-        peaks = peaks[mask[tuple(peaks.T)]]
-    if len(peaks):
-        # a peak on the outermost Y/X pixel cannot be localised (and is mostly a reflection
-        # artefact of the filters), so the border is at least 1 px
-        b = max(int(exclude_border_px), 1)
-        lat = peaks[:, -2:]
-        keep = np.all((lat >= b) & (lat < np.asarray(img.shape[-2:]) - b), axis=1)
-        peaks = peaks[keep]
+    # a peak on the outermost Y/X pixel cannot be localised (and is mostly a reflection
+    # artefact of the filters), so the border is at least 1 px
+    border = max(int(exclude_border_px), 1)
+    peaks = _keep_peaks(peaks, mask, img.shape, border)
     if len(peaks) == 0:
         logger.info("no puncta above threshold %.4g (noise sigma %.4g)", thr, noise)
         return empty
@@ -890,20 +911,14 @@ def detect_spots(
     ring_inner = int_radius + 1.0
     ring_outer = np.maximum(bg_radius, ring_inner + 2.0)
     ring_off, _ = _ellipse_offsets(ring_outer, inner=ring_inner)
-    vals, valid, _ = _gather(img, peaks, ring_off)
-    vals = np.where(valid, vals.astype(np.float64), np.nan)
-    bg = np.nanmedian(vals, axis=1)
-    del vals, valid
+    bg = _ring_background(img, peaks, ring_off)
 
     # sub-pixel position, fitted height, size
     _, height, sig_s = _subpixel(smooth, peaks, bg)
     coords = peaks + offsets
     amplitude = height / p["g1_gain"]
     s1 = p["s1"]
-    sigma_axes = np.sqrt(np.clip(sig_s**2 - s1**2, 0.0, None))
-    lat = sigma_axes[:, -2:]
-    n_ok = np.isfinite(lat).sum(axis=1)
-    sigma_px = np.where(n_ok > 0, np.nansum(lat, axis=1) / np.maximum(n_ok, 1), np.nan)
+    sigma_px = _lateral_sigma(sig_s, s1)
 
     # integrated intensity: disc of 2 x radius, each pixel to its nearest punctum
     intensity = _disc_intensity(img, peaks, bg, int_radius)
@@ -948,7 +963,7 @@ def detect_spots(
                 "residual pass skipped: the Gaussian model does not fit this image's isolated "
                 "puncta (halo %.3g of the amplitude; limit %.3g) or too few isolated puncta",
                 halo,
-                _RESID_MAX_HALO,
+                max_halo,
             )
         else:
             ran_residual = True
@@ -965,7 +980,7 @@ def detect_spots(
                 if snr_thr is not None
                 else (thr_used if nmap is not None else thr),
                 mask,
-                max(int(exclude_border_px), 1),
+                border,
                 ring_off,
             )
             del res
@@ -1097,12 +1112,7 @@ def _residual_peaks(
     from scipy.spatial import cKDTree
 
     f_r, s_r, _ = _filter(res, radius_px, background_radius_px)
-    cand = _local_maxima(f_r, min_dist, thr)
-    if mask is not None and len(cand):
-        cand = cand[mask[tuple(cand.T)]]
-    if len(cand):
-        keep = np.all((cand >= border) & (cand < np.asarray(img.shape) - border), axis=1)
-        cand = cand[keep]
+    cand = _keep_peaks(_local_maxima(f_r, min_dist, thr), mask, img.shape, border)
     if len(cand) == 0:
         return None
     off, _, _ = _subpixel(f_r, cand, np.zeros(len(cand)))
@@ -1118,18 +1128,14 @@ def _residual_peaks(
     if not ok.any():
         return None
     cand, c_coords, resp = cand[ok], c_coords[ok], resp[ok]
-    vals, valid, _ = _gather(img, cand, ring_off)
-    c_bg = np.nanmedian(np.where(valid, vals.astype(np.float64), np.nan), axis=1)
+    c_bg = _ring_background(img, cand, ring_off)
     _, height, sig_s = _subpixel(s_r, cand, c_bg)
-    sigma_axes = np.sqrt(np.clip(sig_s**2 - p["s1"] ** 2, 0.0, None))
-    n_ok = np.isfinite(sigma_axes).sum(axis=1)
-    sigma_px = np.where(n_ok > 0, np.nansum(sigma_axes, axis=1) / np.maximum(n_ok, 1), np.nan)
     return {
         "peaks": cand,
         "coords": c_coords,
         "amplitude": height / p["g1_gain"],
         "bg": c_bg,
-        "sigma_px": sigma_px,
+        "sigma_px": _lateral_sigma(sig_s, p["s1"]),
         "height": height,
         "resp": resp,
     }
