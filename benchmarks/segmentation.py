@@ -55,20 +55,16 @@ def _tiles(h: int, w: int, bsize: int = 224, overlap: float = 0.1) -> int:
     return n(h) * n(w)
 
 
+def _nuclei_cfg(model: str, diameter: float, device: str, **extra) -> AssayConfig:
+    """Nuclei-mode config on channel 0 with the given model, diameter and device."""
+    seg = {"mode": "nuclei", "model": model, "diameter_px": diameter, "device": device, **extra}
+    return AssayConfig.model_validate({"channels": {"nucleus": 0}, "segmentation": seg})
+
+
 def bench_cpu(model: str, repeats: int, diameter: float) -> dict:
     img = _image()
     rm = S.resolve_model(model)
-    cfg = AssayConfig.model_validate(
-        {
-            "channels": {"nucleus": 0},
-            "segmentation": {
-                "mode": "nuclei",
-                "model": model,
-                "diameter_px": diameter,
-                "device": "cpu",
-            },
-        }
-    )
+    cfg = _nuclei_cfg(model, diameter, "cpu")
     im = from_array(img[None], axes="CYX", channel_names=["DNA"])
     cp = S._get_model(rm, "cpu")  # the same loaded network for both paths
     sc = cfg.segmentation
@@ -114,18 +110,7 @@ def bench_cuda(model: str, diameter: float) -> dict | None:
     n_tiles = _tiles(*img.shape)
     out = {"gpu": torch.cuda.get_device_name(0), "image": "2048x2048", "tiles": n_tiles, "rows": []}
     for bs in (1, 2, 4, 8, 16, 32):
-        cfg = AssayConfig.model_validate(
-            {
-                "channels": {"nucleus": 0},
-                "segmentation": {
-                    "mode": "nuclei",
-                    "model": model,
-                    "diameter_px": diameter,
-                    "device": "cuda",
-                    "batch_size": bs,
-                },
-            }
-        )
+        cfg = _nuclei_cfg(model, diameter, "cuda", batch_size=bs)
         S.segment(im, cfg)  # warm-up
         torch.cuda.synchronize()
         t0 = time.perf_counter()

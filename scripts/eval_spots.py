@@ -35,6 +35,18 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONDITIONS = ("ev_high", "ev_low")
 
 
+def match_scores(m) -> dict:
+    """Counts, precision / recall / F1 and localisation error of a :class:`SpotMatch`."""
+    return {
+        "n_truth": m.n_truth,
+        "n_pred": m.n_pred,
+        "precision": m.precision,
+        "recall": m.recall,
+        "f1": m.f1,
+        "loc_err_px": m.mean_distance,
+    }
+
+
 def evaluate_sim(seed: int, difficulty: str, condition: str, detect_kw: dict | None = None) -> dict:
     """Scores of one simulated image (see the module docstring)."""
     detect_kw = detect_kw or {}
@@ -79,12 +91,7 @@ def evaluate_sim(seed: int, difficulty: str, condition: str, detect_kw: dict | N
         "difficulty": difficulty,
         "condition": condition,
         "seed": seed,
-        "n_truth": m.n_truth,
-        "n_pred": m.n_pred,
-        "precision": m.precision,
-        "recall": m.recall,
-        "f1": m.f1,
-        "loc_err_px": m.mean_distance,
+        **match_scores(m),
         "f1_optical": m_opt.f1,
         "fp_detected": int((~tp & det).sum()),
         "fp_split": int((~tp & ~det).sum()),
@@ -124,15 +131,7 @@ def evaluate_beads(detect_kw: dict | None = None) -> dict | None:
         return None
     img, truth = b
     spots = detect_spots(img, **(detect_kw or {}))
-    m = match_spots(spots, truth, 2.0)
-    return {
-        "n_truth": m.n_truth,
-        "n_pred": m.n_pred,
-        "precision": m.precision,
-        "recall": m.recall,
-        "f1": m.f1,
-        "loc_err_px": m.mean_distance,
-    }
+    return match_scores(match_spots(spots, truth, 2.0))
 
 
 def spotiflow_counts(detect_kw: dict | None = None) -> dict:
