@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/quantify.py [--seeds 201 202 203 204] [--size 2048] [--skip-accuracy]
+                                  [--difficulty normal|hard]
 
 1. Accuracy and time on simulated images (normal and hard): our ``detect_spots`` vs
    Big-FISH's ``bigfish.detection.detect_spots`` (automatic elbow threshold, LoG kernel = the
@@ -83,15 +84,17 @@ def accuracy(seeds: list[int], have_bigfish: bool) -> None:
             print(f"{diff:6s} F1 ratio ours / best Big-FISH = {ours_f1 / best_bf:.3f}")
 
 
-def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float) -> None:
+def scale(
+    size: int, have_bigfish: bool, diameter: float, spots_per_cell: float, difficulty: str
+) -> None:
     from skimage.measure import regionprops_table
 
-    print(f"\n== scale: 4-channel {size}x{size} image ==")
+    print(f"\n== scale: 4-channel {size}x{size} image, difficulty {difficulty} ==")
     sim, t_sim = timed(
         simulate_image,
         7,
         condition="ev_high",
-        difficulty="normal",
+        difficulty=difficulty,
         shape=(size, size),
         cell_diameter_px=diameter,
         markers=("CD31",),
@@ -133,8 +136,9 @@ def scale(size: int, have_bigfish: bool, diameter: float, spots_per_cell: float)
     t_ours = t_det + t_meas
     f1 = match_spots(spots, sim.spots, 2.0).f1
     print(
-        f"ours: detect {t_det:.2f} s ({len(spots)} puncta, F1 {f1:.3f}) + measure "
-        f"{t_meas:.3f} s ({len(table)} cells) = {t_ours:.2f} s"
+        f"ours: detect {t_det:.2f} s ({len(spots)} puncta, F1 {f1:.3f}, whitened "
+        f"{spots.attrs['whitened']}) + measure {t_meas:.3f} s ({len(table)} cells) = "
+        f"{t_ours:.2f} s"
     )
     print(
         f"peak traced memory {peak / 2**20:.1f} MiB = {peak / img.nbytes:.2f} x image bytes "
@@ -185,6 +189,11 @@ def main() -> None:
         help="cell diameter px (60 gives ~1,000 cells at 2048)",
     )
     ap.add_argument("--spots-per-cell", type=float, default=20.0)
+    ap.add_argument(
+        "--difficulty",
+        default="normal",
+        help="simulator difficulty of the scale image (hard: whitened detection runs)",
+    )
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()
     try:
@@ -196,7 +205,7 @@ def main() -> None:
         print("big-fish-reloaded not installed: Big-FISH rows skipped")
     if not args.skip_accuracy:
         accuracy(args.seeds, have_bigfish)
-    scale(args.size, have_bigfish, args.diameter, args.spots_per_cell)
+    scale(args.size, have_bigfish, args.diameter, args.spots_per_cell, args.difficulty)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from napari_exouptake.spots import (
     SPOT_COLUMNS,
@@ -159,6 +160,54 @@ def test_residual_pass_skipped_when_puncta_have_a_halo():
     assert not auto.attrs["residual_pass"] and auto.attrs["model_halo"] > 0.05
     forced = detect_spots(img, residual_pass=True)
     assert forced.attrs["residual_pass"]
+
+
+def _textured(seed, amp_median, texture_sigma, n=150, shape=(256, 256)):
+    """Puncta on a background with punctum-scale texture (Gaussian-filtered noise, 2.5 px)
+    plus Poisson noise; returns the image and the true centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(6, shape[0] - 6, (n, 2))
+    amps = rng.lognormal(np.log(amp_median), 0.3, n)
+    tex = ndi.gaussian_filter(rng.standard_normal(shape), 2.5)
+    tex *= texture_sigma / tex.std()
+    img = gaussians(shape, centres, amps, background=300.0) + tex
+    return rng.poisson(np.clip(img, 0, None)).astype(float), centres
+
+
+def test_whitened_detection_finds_dim_puncta_on_texture():
+    """Dim puncta (peak ~80 over Poisson noise ~17) on punctum-scale texture (sd 25): the
+    whitened filter discounts the texture, so "auto" uses it and finds more puncta at as good
+    a precision as the plain band-pass."""
+    img, centres = _textured(0, 80.0, 25.0)
+    auto = detect_spots(img)
+    plain = detect_spots(img, whiten=False)
+    assert auto.attrs["whitened"] and auto.attrs["whiten_gain"] >= 1.05
+    assert not plain.attrs["whitened"]
+    m_auto, m_plain = match_spots(auto, centres, 2.0), match_spots(plain, centres, 2.0)
+    assert m_auto.recall >= m_plain.recall + 0.05
+    assert m_auto.precision >= m_plain.precision
+    assert m_auto.f1 >= m_plain.f1 + 0.03
+
+
+def test_whitened_detection_adds_no_side_lobe_puncta_beside_bright_ones():
+    """The whitened filter rings: bright puncta (60 x the noise) on texture have a positive
+    side lobe ~6 px out. Each maximum is corrected for its brighter neighbours' response,
+    so forcing the whitened filter finds the 60 puncta with no more false points than the
+    band-pass (without the correction it found 306 points here). "auto" keeps the band-pass
+    for bright puncta (far from the detection limit)."""
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(5, 250, (60, 2))
+    amps = rng.lognormal(np.log(800), 0.4, 60)
+    tex = 150 * np.clip(
+        1 + 2.4 * ndi.gaussian_filter(rng.standard_normal((256, 256)), 2.5), 0, None
+    )
+    img = rng.poisson(gaussians((256, 256), centres, amps) + tex).astype(float)
+    forced = detect_spots(img, whiten=True)
+    assert forced.attrs["whitened"]
+    m = match_spots(forced, centres, 2.0)
+    plain = detect_spots(img, whiten=False)
+    assert m.recall >= 0.95 and m.fp <= match_spots(plain, centres, 2.0).fp + 1
+    assert not detect_spots(img).attrs["whitened"]
 
 
 def test_empty_and_flat_images_give_empty_tables():
@@ -324,6 +373,7 @@ def test_width_and_relative_amplitude_tests():
         ({"max_width_factor": 0.5}, "max_width_factor"),
         ({"min_relative_amplitude": 1.0}, "min_relative_amplitude"),
         ({"residual_pass": "sometimes"}, "residual_pass"),
+        ({"whiten": "always"}, "whiten"),
     ],
 )
 def test_new_parameter_errors(kwargs, match):
@@ -388,13 +438,13 @@ def _sim_scores(difficulty, seeds=(501, 502)):
 
 @pytest.mark.slow
 def test_simulated_regression_levels_and_marker_target():
-    """Measured on seeds 501/502: F1 0.893 / 0.741 (normal / hard), count r 0.952 / 0.855,
+    """Measured on seeds 501/502: F1 0.893 / 0.776 (normal / hard), count r 0.952 / 0.870,
     marker mean vs true mean r 1.000 (target >= 0.99: met). Regression guards below the
     measured levels; the marker assertion is the target itself."""
     f1_n, r_n, rm_n = _sim_scores("normal")
     f1_h, r_h, rm_h = _sim_scores("hard")
     assert f1_n >= 0.83 and r_n >= 0.90, (f1_n, r_n)
-    assert f1_h >= 0.66 and r_h >= 0.80, (f1_h, r_h)
+    assert f1_h >= 0.72 and r_h >= 0.82, (f1_h, r_h)
     assert rm_n >= 0.99 and rm_h >= 0.99, (rm_n, rm_h)
 
 
@@ -416,9 +466,9 @@ def test_simulated_normal_targets():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="target F1 >= 0.80 at hard not met: measured 0.749 (seeds 601-604), "
-    "0.754 (1201-1204), 0.741 (501/502); count r 0.918 / 0.908 / 0.855 vs target 0.90; "
-    "dim puncta on granular autofluorescence are missed (recall 0.65)",
+    reason="target F1 >= 0.80 at hard not met: measured 0.780 (seeds 601-604), "
+    "0.786 (1201-1204), 0.776 (501/502); count r 0.932 / 0.918 / 0.870 vs target 0.90; "
+    "dim puncta on granular autofluorescence are missed (recall 0.69-0.70)",
 )
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")

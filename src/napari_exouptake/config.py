@@ -262,6 +262,7 @@ class SpotsConfig(_Frozen):
     cluster_estimate: bool = True
     split_merged: bool = False
     residual_pass: bool | Literal["auto"] = "auto"
+    whiten: bool | Literal["auto"] = "auto"
     exclude_border_px: int = Field(0, ge=0)
 
 
@@ -579,6 +580,9 @@ spots:
   split_merged: false     # fit 1-3 Gaussians to merged peaks (about 10x slower; see docs)
   residual_pass: auto     # detect again after subtracting the found puncta (dim puncta next to
                           # bright ones); auto = when the Gaussian model fits the image's puncta
+  whiten: auto            # find dim puncta with a filter whitened against the image's own
+                          # background texture; auto = when puncta are near the detection limit
+                          # and the texture makes it >= 5 % more sensitive (2D)
   exclude_border_px: 0    # ignore puncta this close to the image border
 
 positivity:
