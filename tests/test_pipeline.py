@@ -99,6 +99,13 @@ def test_analyze_with_labels_contract(sample, tmp_path):
     assert run["config"] == cfg.to_dict()
     assert "numpy" in run["versions"]
     assert run["images"][r.image]["timings_s"]["total"] > 0
+    # what the punctum detector did on this image, as detect_spots reported it
+    det = run["images"][r.image]["spots_detection"]
+    attrs = r.spots.attrs
+    assert det["threshold"] == pytest.approx(attrs["threshold"])
+    assert det["whitened"] is bool(attrs["whitened"])
+    assert det["residual_pass"] is bool(attrs["residual_pass"])
+    assert set(det) >= {"noise_sigma", "reference_intensity", "model_halo", "whiten_gain"}
 
 
 def test_finalize_uses_control_condition(sample):

@@ -254,6 +254,7 @@ def analyze_image(
         provenance={
             "segmentation": seg_info,
             "spots_threshold": spots_df.attrs.get("threshold"),
+            "spots_detection": _detection_provenance(spots_df.attrs),
             "pixel_size_um": pixel_size,
             "channels": ch.model_dump(),
             "source": str(image.source) if image.source else None,
@@ -267,6 +268,31 @@ def analyze_image(
     timings["total"] = time.perf_counter() - t0
     step("done", 1.0)
     return result
+
+
+def _detection_provenance(attrs: dict) -> dict:
+    """What the punctum detector did on this image (from ``detect_spots``' ``df.attrs``):
+    threshold, noise, reference punctum, whether the residual pass and the whitened filter
+    ran. JSON-safe (NaN -> None)."""
+    keys = (
+        "threshold",
+        "noise_sigma",
+        "reference_intensity",
+        "residual_pass",
+        "model_halo",
+        "whitened",
+        "whiten_gain",
+    )
+    out = {}
+    for k in keys:
+        v = attrs.get(k)
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif v is None or not np.isfinite(float(v)):
+            out[k] = None
+        else:
+            out[k] = float(v)
+    return out
 
 
 def finalize(
