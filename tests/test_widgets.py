@@ -589,3 +589,17 @@ def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
     # choosing (none) removes a readout
     widget.tubes_combo.setCurrentText("(none)")
     assert widget.current_config().tubes is None
+
+
+def test_detector_note_names_the_whitened_filter():
+    """The status line says when the detector chose the whitened filter by itself (a hard
+    simulated image: dim puncta on granular autofluorescence) and says nothing otherwise."""
+    from napari_exouptake._widgets._main import detector_note
+    from napari_exouptake.simulate import simulate_image
+    from napari_exouptake.spots import detect_spots
+
+    hard = detect_spots(simulate_image(601, difficulty="hard").image[2])
+    assert hard.attrs["whitened"]
+    assert "whitened filter" in detector_note(hard.attrs)
+    normal = detect_spots(simulate_image(601, difficulty="normal").image[2])
+    assert not normal.attrs["whitened"] and detector_note(normal.attrs) == ""

@@ -179,6 +179,15 @@ def _layer_source(layer: Any) -> str | None:
     return str(src) if src else None
 
 
+def detector_note(attrs: dict) -> str:
+    """Status-line note on what the punctum detector chose by itself for this image ("" when
+    it used the plain band-pass): the whitened filter runs on textured backgrounds with
+    puncta near the detection limit (see ``detect_spots(whiten=...)``)."""
+    if attrs.get("whitened"):
+        return " · whitened filter (textured background, dim puncta)"
+    return ""
+
+
 # -- the widget ----------------------------------------------------------------------------------
 
 
@@ -1120,6 +1129,7 @@ class ExoUptakeWidget(QWidget):
         )
         self._say(
             f"{result.image}: {n} cells, {len(result.spots)} puncta, {100 * pos:.0f}% EV-positive"
+            f"{detector_note(result.spots.attrs)}"
         )
 
     def _show_readouts(self, result: AnalysisResult, geo: dict[str, Any]) -> None:
@@ -1368,7 +1378,7 @@ class ExoUptakeWidget(QWidget):
                 )
             )
             self.viewer.layers.selection.active = layer
-            self.status.setText(f"preview: {len(df)} puncta in view")
+            self.status.setText(f"preview: {len(df)} puncta in view{detector_note(df.attrs)}")
 
         def finished() -> None:
             self._preview_job = None
