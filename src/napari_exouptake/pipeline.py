@@ -271,21 +271,11 @@ def analyze_image(
 
 
 def _detection_provenance(attrs: dict) -> dict:
-    """What the punctum detector did on this image (from ``detect_spots``' ``df.attrs``):
-    threshold, noise, reference punctum, whether the residual pass and the whitened filter
-    ran. JSON-safe (NaN -> None)."""
-    keys = (
-        "threshold",
-        "noise_sigma",
-        "reference_intensity",
-        "residual_pass",
-        "model_halo",
-        "whitened",
-        "whiten_gain",
-    )
+    """What the punctum detector did on this image: ``detect_spots``' ``df.attrs`` (threshold,
+    noise, reference punctum, whether the residual pass and the whitened filter ran),
+    JSON-safe (NaN -> None)."""
     out = {}
-    for k in keys:
-        v = attrs.get(k)
+    for k, v in attrs.items():
         if isinstance(v, (bool, np.bool_)):
             out[k] = bool(v)
         elif v is None or not np.isfinite(float(v)):

@@ -211,6 +211,23 @@ def _gather(
     return vals, valid, flat
 
 
+def _clear_around(keep: np.ndarray, peaks: np.ndarray, offsets: np.ndarray) -> None:
+    """Set ``keep`` to False at ``peaks[:, None] + offsets`` (inside the image), in chunks of
+    ~10^6 gathered pixels so that the index arrays stay small for many peaks or wide discs."""
+    if len(peaks) == 0:
+        return
+    for part in np.array_split(peaks, -(-len(peaks) * len(offsets) // 1_000_000)):
+        _, valid, flat = _gather(keep, part, offsets)
+        keep.ravel()[flat[valid]] = False
+
+
+def _noise_at(peaks: np.ndarray, nmap: np.ndarray | None, noise: float) -> np.ndarray:
+    """Noise sigma of the detection image at ``peaks``: the local map, else the global one."""
+    if nmap is None:
+        return np.full(len(peaks), noise)
+    return nmap[tuple(peaks.T)].astype(np.float64)
+
+
 def _empty_table(ndim: int) -> pd.DataFrame:
     cols = SPOT_COLUMNS if ndim == 3 else SPOT_COLUMNS[1:]
     dtypes = {"detected": bool, "cluster_id": np.int64}
@@ -366,11 +383,7 @@ class _BackgroundSpectrum:
             r_px = np.clip(np.ceil(reach), np.ceil(2.0 * p["radius"][-1]), 12).astype(int)
             for r in np.unique(r_px):  # a handful of radii, not a loop over puncta
                 off, _ = _ellipse_offsets(p["radius"] * (r / p["radius"][-1]))
-                group = cand[r_px == r]
-                # chunks of ~1e6 gathered pixels bound the index arrays' memory
-                for part in np.array_split(group, -(-len(group) * len(off) // 1_000_000)):
-                    _, valid, flat = _gather(keep, part, off)
-                    keep.ravel()[flat[valid]] = False
+                _clear_around(keep, cand[r_px == r], off)
         fill = 2.0 * float(p["radius"].max())
         margin = int(np.ceil(4.0 * fill))
         th, tw = min(256, h), min(256, w)
@@ -695,10 +708,7 @@ def _residual_noise_map(
     image's shape.
     """
     keep = np.ones(filtered.shape, dtype=bool)
-    if len(peaks):
-        off, _ = _ellipse_offsets(radius)
-        _, valid, flat = _gather(keep, peaks, off)
-        keep.ravel()[flat[valid]] = False
+    _clear_around(keep, peaks, _ellipse_offsets(radius)[0])
     sq = np.clip(filtered, -6 * noise, 6 * noise)
     np.square(sq, out=sq)
     sq *= keep
@@ -1046,9 +1056,9 @@ def detect_spots(
         2D with ``threshold="auto"`` and ``auto_method`` ``"snr"`` or ``"fdr"``: find and
         threshold the peaks on a pre-whitened matched filter built from this image's own
         background power spectrum (puncta painted over) instead of the fixed band-pass, so
-        that autofluorescence texture at the punctum's scale is discounted; each extremum is
-        corrected for the filter response of much brighter neighbours (the whitened filter
-        rings). Positions, intensities and widths are measured as without it. ``"auto"``
+        that autofluorescence texture at the punctum's scale is discounted; each maximum is
+        corrected for the filter response of the higher maxima around it (the whitened
+        filter rings). Positions, intensities and widths are measured as without it. ``"auto"``
         whitens only when the puncta are near the detection limit (the band-pass's median
         accepted peak within 2 x the threshold) and whitening is predicted to raise an
         isolated punctum's signal-to-noise ratio by at least 5 % (punctum-scale texture);
@@ -1145,13 +1155,13 @@ def detect_spots(
         # texture makes the whitened filter at least 5 % more sensitive
         near_limit = sel.median_snr <= _WHITEN_NEAR_LIMIT * sel.snr_level
         if ndim == 2 and (whiten is True or (whiten == "auto" and near_limit)):
-            cand = _Whitener(_BackgroundSpectrum(img, filtered, noise, p), p)
-            w_gain = cand.gain
+            trial = _Whitener(_BackgroundSpectrum(img, filtered, noise, p), p)
+            w_gain = trial.gain
             if whiten is True or w_gain >= _WHITEN_MIN_GAIN:
-                w_det = cand.apply(img)
+                w_det = trial.apply(img)
                 w_noise = _noise_sigma(w_det, mask)
                 if w_noise > 0:
-                    wh, det, d_noise = cand, w_det, w_noise
+                    wh, det, d_noise = trial, w_det, w_noise
                     sel = _auto_threshold(
                         det,
                         d_noise,
@@ -1184,12 +1194,9 @@ def detect_spots(
     if len(peaks) == 0:
         logger.info("no puncta above threshold %.4g (noise sigma %.4g)", thr, noise)
         return empty
+
     peak_resp = det[tuple(peaks.T)].astype(np.float64)
-    peak_noise = (
-        nmap[tuple(peaks.T)].astype(np.float64)
-        if nmap is not None
-        else np.full(len(peaks), d_noise)
-    )
+    peak_noise = _noise_at(peaks, nmap, d_noise)
     # sub-pixel offsets from the band-passed image: symmetric around a symmetric punctum and
     # free of linear background gradients
     offsets, _, _ = _subpixel(filtered, peaks, np.zeros(len(peaks)))
@@ -1265,9 +1272,7 @@ def detect_spots(
                 radius_px,
                 background_radius_px,
                 min_dist,
-                np.maximum(thr, snr_thr * nmap)
-                if snr_thr is not None
-                else (thr_used if nmap is not None else thr),
+                np.maximum(thr, snr_thr * nmap) if snr_thr is not None else thr_used,
                 mask,
                 border,
                 ring_off,
@@ -1283,12 +1288,7 @@ def detect_spots(
                 sigma_px = np.concatenate([sigma_px, new["sigma_px"]])
                 height = np.concatenate([height, new["height"]])
                 peak_resp = np.concatenate([peak_resp, new["resp"]])
-                c_noise = (
-                    nmap[tuple(new["peaks"].T)].astype(np.float64)
-                    if nmap is not None
-                    else np.full(n_new, d_noise)
-                )
-                peak_noise = np.concatenate([peak_noise, c_noise])
+                peak_noise = np.concatenate([peak_noise, _noise_at(new["peaks"], nmap, d_noise)])
                 stale = True
                 logger.debug("residual pass: %d more puncta", n_new)
     del nmap
@@ -1405,16 +1405,17 @@ def _residual_peaks(
     whitened residual when ``wh`` is given (as the first pass was)."""
     from scipy.spatial import cKDTree
 
-    if wh is not None:  # found on the whitened residual, freed before the band-pass
-        d_r = wh.apply(res)
-        cand = _keep_peaks(_local_maxima(d_r, min_dist, thr), mask, img.shape, border)
-        resp_all = d_r[tuple(cand.T)].astype(np.float64)
-        del d_r
-    if wh is None or len(cand):
-        f_r, s_r, _ = _filter(res, radius_px, background_radius_px)
+    def found_on(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cand = _keep_peaks(_local_maxima(d, min_dist, thr), mask, img.shape, border)
+        return cand, d[tuple(cand.T)].astype(np.float64)
+
+    if wh is not None:  # the whitened residual is freed before the band-pass is made
+        cand, resp = found_on(wh.apply(res))
+        if len(cand) == 0:
+            return None
+    f_r, s_r, _ = _filter(res, radius_px, background_radius_px)
     if wh is None:
-        cand = _keep_peaks(_local_maxima(f_r, min_dist, thr), mask, img.shape, border)
-        resp_all = f_r[tuple(cand.T)].astype(np.float64)
+        cand, resp = found_on(f_r)
     if len(cand) == 0:
         return None
     off, _, _ = _subpixel(f_r, cand, np.zeros(len(cand)))
@@ -1425,7 +1426,6 @@ def _residual_peaks(
     near = cKDTree(c_coords).sparse_distance_matrix(tree, _RESID_NEAR * r, output_type="ndarray")
     amp_near = np.zeros(len(c_coords))
     np.maximum.at(amp_near, near["i"], amplitude[near["j"]])
-    resp = resp_all
     ok = (dmin > _RESID_EXCL * r) & (resp >= _RESID_REL * amp_near)
     if not ok.any():
         return None
