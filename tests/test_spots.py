@@ -176,17 +176,20 @@ def _textured(seed, amp_median, texture_sigma, n=150, shape=(256, 256)):
 
 def test_whitened_detection_finds_dim_puncta_on_texture():
     """Dim puncta (peak ~80 over Poisson noise ~17) on punctum-scale texture (sd 25): the
-    whitened filter discounts the texture, so "auto" uses it and finds more puncta at as good
-    a precision as the plain band-pass."""
+    whitened filter discounts the texture, so "auto" uses it and finds more puncta.
+
+    Measured: recall 0.847 vs 0.753, F1 0.836 vs 0.807. Its selection runs at 1.4 x ``fdr``
+    (near the detection limit that gains F1 on the simulator's hard images), which costs
+    precision here: 0.825 vs 0.869 (at 1 x ``fdr`` it was 0.886, F1 0.855)."""
     img, centres = _textured(0, 80.0, 25.0)
     auto = detect_spots(img)
     plain = detect_spots(img, whiten=False)
     assert auto.attrs["whitened"] and auto.attrs["whiten_gain"] >= 1.05
     assert not plain.attrs["whitened"]
     m_auto, m_plain = match_spots(auto, centres, 2.0), match_spots(plain, centres, 2.0)
-    assert m_auto.recall >= m_plain.recall + 0.05
-    assert m_auto.precision >= m_plain.precision
-    assert m_auto.f1 >= m_plain.f1 + 0.03
+    assert m_auto.recall >= m_plain.recall + 0.07
+    assert m_auto.precision >= m_plain.precision - 0.06
+    assert m_auto.f1 >= m_plain.f1 + 0.02
 
 
 def test_whitened_detection_adds_no_side_lobe_puncta_beside_bright_ones():
@@ -438,7 +441,7 @@ def _sim_scores(difficulty, seeds=(501, 502)):
 
 @pytest.mark.slow
 def test_simulated_regression_levels_and_marker_target():
-    """Measured on seeds 501/502: F1 0.893 / 0.776 (normal / hard), count r 0.952 / 0.870,
+    """Measured on seeds 501/502: F1 0.893 / 0.789 (normal / hard), count r 0.952 / 0.859,
     marker mean vs true mean r 1.000 (target >= 0.99: met). Regression guards below the
     measured levels; the marker assertion is the target itself."""
     f1_n, r_n, rm_n = _sim_scores("normal")
@@ -466,9 +469,11 @@ def test_simulated_normal_targets():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="target F1 >= 0.80 at hard not met: measured 0.780 (seeds 601-604), "
-    "0.786 (1201-1204), 0.776 (501/502); count r 0.932 / 0.918 / 0.870 vs target 0.90; "
-    "dim puncta on granular autofluorescence are missed (recall 0.69-0.70)",
+    reason="target F1 >= 0.80 at hard not met on every seed set: measured 0.801 (seeds "
+    "601-604), 0.802 (1201-1204), 0.799 (1301-1304), 0.784 (1401-1404), 0.789 (501/502, "
+    "these tests); count r 0.933 / 0.918 / 0.925 / 0.893 / 0.859 vs target 0.90; misses are "
+    "unresolved neighbours and aggregate members (counted by brightness) and dim isolated "
+    "puncta on granular autofluorescence (recall 0.72-0.74)",
 )
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")

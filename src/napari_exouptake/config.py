@@ -570,7 +570,8 @@ spots:
   threshold: auto         # auto, or a number (amplitude above local background, image units)
   auto_method: snr        # snr (default) | fdr: false-discovery control from mirrored minima;
                           # mad | tiles: threshold_k x robust (global | per-tile) noise sigma
-  fdr: 0.05               # accepted estimated false-discovery rate for snr/fdr
+  fdr: 0.05               # accepted estimated false-discovery rate for snr/fdr (1.4 x this
+                          # when the whitened filter runs, near the detection limit)
   threshold_k: 5.0        # auto_method mad/tiles: threshold in multiples of the noise sigma
   max_width_factor: 1.5   # reject peaks wider than this x the expected punctum (haze); null = off
   min_relative_amplitude: 0.15  # reject peaks dimmer than this x the typical punctum; 0 = off
