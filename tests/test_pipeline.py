@@ -103,9 +103,9 @@ def test_analyze_with_labels_contract(sample, tmp_path):
     det = run["images"][r.image]["spots_detection"]
     attrs = r.spots.attrs
     assert det["threshold"] == pytest.approx(attrs["threshold"])
-    assert det["whitened"] is bool(attrs["whitened"])
-    assert det["residual_pass"] is bool(attrs["residual_pass"])
-    assert set(det) >= {"noise_sigma", "reference_intensity", "model_halo", "whiten_gain"}
+    assert det["radius_auto"] is bool(attrs["radius_auto"]) is False
+    assert det["radius_px"] == pytest.approx(cfg.spots.radius_px)
+    assert set(det) >= {"noise_sigma", "reference_intensity", "snr_threshold", "n_spikes"}
 
 
 def test_finalize_uses_control_condition(sample):

@@ -85,36 +85,11 @@ def test_aggregate_of_four_is_estimated_as_four():
     df = detect_spots(img)
     near = np.hypot(df.y - 40.3, df.x - 40.3) < 3
     assert df.loc[near, "n_estimate"].sum() == 4
-    assert df.loc[near, "detected"].sum() == 1  # one peak, decomposed into 4 puncta
-    assert (df.loc[near, "cluster_id"] > 0).all()
-    assert df.loc[~near, "n_estimate"].sum() == 6
+    assert near.sum() == 1  # one row: the aggregate is counted, not placed as guessed rows
+    assert df.loc[~near, "n_estimate"].sum() == 6 and (df.loc[~near, "n_estimate"] == 1).all()
     # without the cluster estimate every peak counts 1
     df1 = detect_spots(img, cluster_estimate=False)
     assert len(df1) == 7 and (df1["n_estimate"] == 1).all()
-
-
-def test_merged_pair_is_split_into_two_resolved_puncta():
-    """Two puncta of the same PSF 3 px apart make one band-passed peak; the multi-Gaussian
-    fit resolves them (both rows detected=True, within 0.3 px of truth); a single punctum of
-    the same brightness stays one row; without split_merged (the default) one merged peak."""
-    pair = [[24.2, 22.6], [24.2, 25.6]]
-    others = [[8, 8], [8, 40], [40, 8], [40, 40]]
-    img = gaussians((48, 48), pair + others, [1000] * 6)
-    df = detect_spots(img, split_merged=True)
-    near = np.hypot(df.y - 24.2, df.x - 24.1) < 4
-    assert near.sum() == 2 and df.loc[near, "detected"].all()
-    m = match_spots(df[near], pair, 0.3)
-    assert m.tp == 2, df[near]
-    assert len(df) == 6 and (df["n_estimate"] == 1).all()
-    merged = detect_spots(img)
-    assert (np.hypot(merged.y - 24.2, merged.x - 24.1) < 4).sum() == 1
-    # a single punctum (with shot noise; also a 1.5x brighter one) stays one detected row
-    rng = np.random.default_rng(3)
-    for amp in (1000, 1500):
-        one = gaussians((48, 48), [[24.3, 23.8]] + others, [amp] + [1000] * 4)
-        d1 = detect_spots(rng.poisson(one).astype(float), split_merged=True)
-        d1 = d1[d1["detected"]]
-        assert len(d1) == 5 and (np.hypot(d1.y - 24.3, d1.x - 23.8) < 4).sum() == 1
 
 
 def _pairs_image(sep, ratio, seed=0):
@@ -128,40 +103,6 @@ def _pairs_image(sep, ratio, seed=0):
     return np.random.default_rng(seed).poisson(img).astype(float), iso, bright, dim
 
 
-@pytest.mark.parametrize(("sep", "ratio", "min_found"), [(3.0, 0.5, 24), (3.5, 0.25, 12)])
-def test_residual_pass_finds_dim_neighbours(sep, ratio, min_found):
-    """A dim punctum 3-3.5 px from a bright one sits in its wing and makes no peak of its own;
-    after subtracting the model of the bright ones it is found (measured over noise seeds 0-2:
-    24/24 and 13-19/24, against 0 and 1-3 without the pass), with no extra detections (80
-    truth puncta)."""
-    img, iso, bright, dim = _pairs_image(sep, ratio)
-    off = detect_spots(img, residual_pass=False)
-    on = detect_spots(img)  # "auto"
-    assert on.attrs["residual_pass"] and on.attrs["model_halo"] < 0.05
-    assert not off.attrs["residual_pass"]
-    d_off, d_on = off[off["detected"]], on[on["detected"]]
-    assert match_spots(d_off, dim, 1.0).tp <= 3
-    assert match_spots(d_on, dim, 1.0).tp >= min_found
-    assert match_spots(d_on, bright, 1.0).tp == 24 and match_spots(d_on, iso, 1.0).tp == 32
-    assert len(d_on) <= 80
-
-
-def test_residual_pass_skipped_when_puncta_have_a_halo():
-    """Puncta with a ring 3.5 px out (15 % of the peak, as out-of-focus beads) do not fit the
-    Gaussian model: "auto" skips the pass and reports the halo; True runs it anyway."""
-    centres = [[16 + 32 * i, 16 + 32 * j] for i in range(8) for j in range(8)]
-    img = gaussians((256, 256), centres, [1000] * len(centres))
-    yy, xx = np.mgrid[0:256, 0:256].astype(float)
-    for cy, cx in centres:
-        r = np.hypot(yy - cy, xx - cx)
-        img += 150 * np.exp(-((r - 3.5) ** 2) / (2 * 0.8**2))
-    img = np.random.default_rng(1).poisson(img).astype(float)
-    auto = detect_spots(img)
-    assert not auto.attrs["residual_pass"] and auto.attrs["model_halo"] > 0.05
-    forced = detect_spots(img, residual_pass=True)
-    assert forced.attrs["residual_pass"]
-
-
 def _textured(seed, amp_median, texture_sigma, n=150, shape=(256, 256)):
     """Puncta on a background with punctum-scale texture (Gaussian-filtered noise, 2.5 px)
     plus Poisson noise; returns the image and the true centres."""
@@ -172,45 +113,6 @@ def _textured(seed, amp_median, texture_sigma, n=150, shape=(256, 256)):
     tex *= texture_sigma / tex.std()
     img = gaussians(shape, centres, amps, background=300.0) + tex
     return rng.poisson(np.clip(img, 0, None)).astype(float), centres
-
-
-def test_whitened_detection_finds_dim_puncta_on_texture():
-    """Dim puncta (peak ~80 over Poisson noise ~17) on punctum-scale texture (sd 25): the
-    whitened filter discounts the texture, so "auto" uses it and finds more puncta.
-
-    Measured: recall 0.847 vs 0.753, F1 0.836 vs 0.807. Its selection runs at 1.4 x ``fdr``
-    (near the detection limit that gains F1 on the simulator's hard images), which costs
-    precision here: 0.825 vs 0.869 (at 1 x ``fdr`` it was 0.886, F1 0.855)."""
-    img, centres = _textured(0, 80.0, 25.0)
-    auto = detect_spots(img)
-    plain = detect_spots(img, whiten=False)
-    assert auto.attrs["whitened"] and auto.attrs["whiten_gain"] >= 1.05
-    assert not plain.attrs["whitened"]
-    m_auto, m_plain = match_spots(auto, centres, 2.0), match_spots(plain, centres, 2.0)
-    assert m_auto.recall >= m_plain.recall + 0.07
-    assert m_auto.precision >= m_plain.precision - 0.06
-    assert m_auto.f1 >= m_plain.f1 + 0.02
-
-
-def test_whitened_detection_adds_no_side_lobe_puncta_beside_bright_ones():
-    """The whitened filter rings: bright puncta (60 x the noise) on texture have a positive
-    side lobe ~6 px out. Each maximum is corrected for its brighter neighbours' response,
-    so forcing the whitened filter finds the 60 puncta with no more false points than the
-    band-pass (without the correction it found 306 points here). "auto" keeps the band-pass
-    for bright puncta (far from the detection limit)."""
-    rng = np.random.default_rng(1)
-    centres = rng.uniform(5, 250, (60, 2))
-    amps = rng.lognormal(np.log(800), 0.4, 60)
-    tex = 150 * np.clip(
-        1 + 2.4 * ndi.gaussian_filter(rng.standard_normal((256, 256)), 2.5), 0, None
-    )
-    img = rng.poisson(gaussians((256, 256), centres, amps) + tex).astype(float)
-    forced = detect_spots(img, whiten=True)
-    assert forced.attrs["whitened"]
-    m = match_spots(forced, centres, 2.0)
-    plain = detect_spots(img, whiten=False)
-    assert m.recall >= 0.95 and m.fp <= match_spots(plain, centres, 2.0).fp + 1
-    assert not detect_spots(img).attrs["whitened"]
 
 
 def test_empty_and_flat_images_give_empty_tables():
@@ -258,17 +160,10 @@ def test_learn_threshold_from_controls():
 
 
 def test_from_config_squeezes_single_plane():
-    class Cfg:
-        radius_px = 1.8
-        threshold = "auto"
-        threshold_k = 5.0
-        background_radius_px = None
-        min_distance_px = None
-        cluster_estimate = True
-        exclude_border_px = 0
+    from napari_exouptake.config import SpotsConfig
 
     img = gaussians((64, 64), THREE, [1000] * 3)[None]
-    df = detect_spots_from_config(img, Cfg())
+    df = detect_spots_from_config(img, SpotsConfig())
     assert "z" not in df.columns and len(df) == 3
     assert len(detect_spots_from_config(img, None)) == 3
 
@@ -282,8 +177,10 @@ def test_from_config_squeezes_single_plane():
         ({"image": np.array([["a"]])}, "numeric"),
         ({"image": np.zeros((8, 8)), "threshold": "otsu"}, "auto"),
         ({"image": np.zeros((8, 8)), "threshold": -1.0}, ">= 0"),
-        ({"image": np.zeros((8, 8)), "threshold_k": 0}, "threshold_k"),
         ({"image": np.zeros((8, 8)), "radius_px": 0}, "radius_px"),
+        ({"image": np.zeros((8, 8)), "radius_px": "big"}, "radius_px"),
+        ({"image": np.zeros((8, 8)), "fdr": 0.0}, "fdr"),
+        ({"image": np.zeros((8, 8)), "fdr": 1.5}, "fdr"),
         ({"image": np.zeros((8, 8)), "background_radius_px": 1.0}, "larger"),
         ({"image": np.zeros((8, 8)), "mask": np.ones((4, 4), bool)}, "mask shape"),
         ({"image": np.zeros((8, 8)), "exclude_border_px": -1}, "exclude_border"),
@@ -324,18 +221,48 @@ def test_match_spots_one_to_one():
 
 def test_auto_threshold_on_pure_noise_finds_almost_nothing():
     rng = np.random.default_rng(11)
-    for method in ("snr", "fdr"):
-        img = rng.normal(500, 20, (256, 256))
-        df = detect_spots(img, auto_method=method)
-        # the decoy count equals the maxima count at every threshold: nothing passes 5 % FDR
-        assert len(df) <= 3, (method, len(df))
+    img = rng.normal(500, 20, (256, 256))
+    assert len(detect_spots(img)) <= 1
+
+
+@pytest.mark.parametrize("kind", ["poisson8", "hotpix", "pattern", "autofluor"])
+def test_frames_without_puncta_give_at_most_three(kind):
+    """Camera noise of four kinds and autofluorescent cells, no puncta (512 x 512): the
+    automatic threshold keeps its false detections to <= 3 per frame (measured: 0 or 1 on
+    seeds 0-2 of every kind; hot pixels are removed before filtering)."""
+    from napari_exouptake.simulate import noise_frame
+
+    for seed in (0, 1):
+        df = detect_spots(noise_frame(kind, seed))
+        assert len(df) <= 3, (kind, seed, len(df))
+
+
+def test_hot_pixels_are_removed_but_puncta_kept():
+    img = gaussians((64, 64), THREE, [300, 300, 300], sigma=0.75)
+    img[5, 50] += 5000  # hot pixels
+    img[50, 50] += 800
+    df = detect_spots(img, radius_px=0.75 * np.sqrt(2))
+    assert len(df) == 3 and df.attrs["n_spikes"] == 2
+    assert match_spots(df, THREE, 0.5).tp == 3
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((64, 64), 7.0),  # constant
+        np.zeros((1, 1)),  # one pixel
+        np.full((64, 64), 65535, np.uint16),  # saturated
+        np.zeros((3, 64, 64)),  # empty stack
+    ],
+)
+def test_degenerate_images_give_empty_tables(image):
+    df = detect_spots(image)
+    assert len(df) == 0 and "y" in df.columns
+    assert len(detect_spots(image, radius_px="auto")) == 0
 
 
 def test_auto_threshold_on_textured_background():
-    """Puncta of amplitude 250-400 on a strong punctum-scale texture (sigma 60 px-wise, bumps
-    as bright as puncta) plus shot noise: the decoy-FDR threshold finds the puncta; the real
-    false-discovery rate is higher than the nominal 5 % here (measured 0.21), and falls
-    with ``fdr`` (0.09 at fdr=0.01)."""
+    """60 puncta of amplitude 250-400 on a punctum-scale texture (sd 60) plus shot noise."""
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(12)
@@ -345,43 +272,21 @@ def test_auto_threshold_on_textured_background():
     centres = rng.uniform(8, 248, (60, 2))
     img = gaussians(shape, centres, rng.uniform(250, 400, 60), background=0) + 400 + tex
     img = rng.poisson(np.clip(img, 0, None)).astype(float)
-    for method in ("snr", "fdr"):
-        df = detect_spots(img, auto_method=method)
-        m = match_spots(df, centres, 2.0)
-        assert m.recall >= 0.95 and m.precision >= 0.75, (method, m.precision, m.recall)
-    m = match_spots(detect_spots(img, fdr=0.01), centres, 2.0)
-    assert m.recall >= 0.95 and m.precision >= 0.88, (m.precision, m.recall)
-    # the old k x MAD rule on the same image, for reference, also works here
-    assert match_spots(detect_spots(img, auto_method="mad"), centres, 2.0).recall >= 0.8
+    m = match_spots(detect_spots(img), centres, 2.0)
+    assert m.recall >= 0.9 and m.precision >= 0.85, (m.precision, m.recall)
 
 
-def test_width_and_relative_amplitude_tests():
-    centres = [[12, 12], [12, 40], [40, 12], [40, 40], [26, 26], [12, 26]]
-    img = gaussians((64, 64), centres, [1000] * 6)
-    # a broad, dim bump (sigma 4 px, total < one punctum) and a faint PSF-sized speck
-    img += gaussians((64, 64), [[52, 52]], [120], sigma=4.0, background=0)
-    img += gaussians((64, 64), [[52, 26]], [60], background=0)
-    df = detect_spots(img, threshold=30)
-    assert match_spots(df, centres, 1.0).tp == 6 and len(df) == 6
-    kept = detect_spots(img, threshold=30, max_width_factor=None, min_relative_amplitude=0)
-    assert len(kept) == 8
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"auto_method": "otsu"}, "auto_method"),
-        ({"fdr": 0.0}, "fdr"),
-        ({"fdr": 1.5}, "fdr"),
-        ({"max_width_factor": 0.5}, "max_width_factor"),
-        ({"min_relative_amplitude": 1.0}, "min_relative_amplitude"),
-        ({"residual_pass": "sometimes"}, "residual_pass"),
-        ({"whiten": "always"}, "whiten"),
-    ],
-)
-def test_new_parameter_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        detect_spots(np.zeros((8, 8)), **kwargs)
+def test_radius_auto_measures_the_punctum_size():
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(5), np.arange(5), indexing="ij"), -1).reshape(-1, 2)
+    centres = 14 + 24 * grid + rng.uniform(-3, 3, (25, 2))
+    for sigma in (0.9, 1.6, 2.5):
+        img = rng.poisson(gaussians((128, 128), centres, [400] * 25, sigma=sigma, background=50))
+        df = detect_spots(img.astype(float), radius_px="auto")
+        r = df.attrs["radius_px"]
+        assert df.attrs["radius_auto"] is True
+        assert abs(r / (np.sqrt(2) * sigma) - 1) <= 0.2, (sigma, r)
+        assert match_spots(df, centres, 2.0).f1 >= 0.9
 
 
 # ----------------------------------------------------------------------------- real data
@@ -398,15 +303,65 @@ def _beads():
 
 
 def test_real_beads_f1_target():
-    """Target F1 >= 0.95 within 2 px (measured with the defaults: 0.958, precision 0.95,
-    recall 0.966). Caveat: the width and relative-amplitude tests were designed with this
-    image in view (its false positives were wide or ~1/10-brightness blobs)."""
+    """Target F1 >= 0.95 (one-to-one within 3 px) with radius_px 1.4 from the PROVENANCE's
+    bead fits (measured: F1 0.970, precision 0.983, recall 0.958)."""
     img, truth = _beads()
-    df = detect_spots(img)
-    m = match_spots(df, truth, 2.0)
+    df = detect_spots(img, radius_px=1.4)
+    m = match_spots(df, truth, 3.0)
     assert m.f1 >= 0.95, (m.f1, m.precision, m.recall)
-    assert m.recall >= 0.95
     assert np.median(m.distances) < 0.5
+
+
+def _real_set(folder, name, truth_dir="truth"):
+    base = DATA / folder
+    if not (base / "images" / f"{name}.tif").exists():
+        pytest.skip(f"shared/data/{folder} not available")
+    import tifffile
+
+    truth = pd.read_csv(base / truth_dir / f"{name}.csv")[["y", "x"]].to_numpy()
+    return tifffile.imread(base / "images" / f"{name}.tif"), truth
+
+
+def test_real_piscis_autofluorescent_tissue_target():
+    """799 manual points on tissue with strong autofluorescence: target F1 >= 0.70 (Big-FISH:
+    0.63 at its best radius; measured here: F1 0.865, precision 0.81, recall 0.93)."""
+    img, truth = _real_set("spots_piscis", "piscis_af_cy3")
+    m = match_spots(detect_spots(img, radius_px=1.2), truth, 3.0)
+    assert m.f1 >= 0.70, (m.f1, m.precision, m.recall)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="target F1 >= 0.88 on the crowd truth not met: measured 0.851 (recall 0.98, "
+    "precision 0.75: the 30 unmatched detections have SNR 20-150, most are visible spots "
+    "fewer than 5 of 20 workers clicked; see the set's PROVENANCE caveat)",
+)
+def test_real_rca_target():
+    img, truth = _real_set("spots_rca", "rca_cy5_300")
+    m = match_spots(detect_spots(img, radius_px=1.65), truth, 3.0)
+    assert m.recall >= 0.95, (m.precision, m.recall)
+    assert m.f1 >= 0.88, (m.f1, m.precision, m.recall)
+
+
+@pytest.mark.parametrize(
+    ("loader", "radius", "psf_sigma"),
+    [("beads", 1.4, 0.97), ("piscis", 1.2, 0.86), ("rca", 1.65, 1.17)],
+)
+def test_real_radius_auto(loader, radius, psf_sigma):
+    """radius_px: auto lands within 20 % of the set's fitted PSF sigma (PROVENANCE) and loses
+    at most 0.02 F1 against the given radius."""
+    if loader == "beads":
+        img, truth = _beads()
+    elif loader == "piscis":
+        img, truth = _real_set("spots_piscis", "piscis_af_cy3")
+    else:
+        img, truth = _real_set("spots_rca", "rca_cy5_300")
+    auto = detect_spots(img, radius_px="auto")
+    sigma = auto.attrs["radius_px"] / np.sqrt(2)
+    assert abs(sigma / psf_sigma - 1) <= 0.2, sigma
+    f1_auto = match_spots(auto, truth, 3.0).f1
+    f1_given = match_spots(detect_spots(img, radius_px=radius), truth, 3.0).f1
+    assert f1_auto >= f1_given - 0.02, (f1_auto, f1_given)
 
 
 # ------------------------------------------------------------------ simulator accuracy

@@ -591,15 +591,16 @@ def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
     assert widget.current_config().tubes is None
 
 
-def test_detector_note_names_the_whitened_filter():
-    """The status line says when the detector chose the whitened filter by itself (a hard
-    simulated image: dim puncta on granular autofluorescence) and says nothing otherwise."""
+def test_detector_note_gives_threshold_and_measured_radius():
+    """The status line gives the threshold in image units and, with radius auto, the
+    measured punctum radius."""
     from napari_exouptake._widgets._main import detector_note
     from napari_exouptake.simulate import simulate_image
     from napari_exouptake.spots import detect_spots
 
-    hard = detect_spots(simulate_image(601, difficulty="hard").image[2])
-    assert hard.attrs["whitened"]
-    assert "whitened filter" in detector_note(hard.attrs)
-    normal = detect_spots(simulate_image(601, difficulty="normal").image[2])
-    assert not normal.attrs["whitened"] and detector_note(normal.attrs) == ""
+    img = simulate_image(601, difficulty="normal").image[2]
+    given = detect_spots(img)
+    assert detector_note(given.attrs) == f" · threshold {given.attrs['threshold']:.4g}"
+    auto = detect_spots(img, radius_px="auto")
+    assert "(measured)" in detector_note(auto.attrs)
+    assert f"{auto.attrs['radius_px']:.2f} px" in detector_note(auto.attrs)

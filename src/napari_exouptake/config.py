@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -27,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AssayConfig",
@@ -80,6 +84,29 @@ def _check_threshold(value: Any) -> Any:
 
 
 Threshold = Annotated[Union[Literal["auto"], float], BeforeValidator(_check_threshold)]
+
+
+def _check_radius(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("radius_px must be 'auto' or a number of pixels")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"radius_px must be > 0, got {value}")
+    return float(value)
+
+
+_RETIRED_SPOT_KEYS = frozenset(
+    {
+        "auto_method",
+        "threshold_k",
+        "max_width_factor",
+        "min_relative_amplitude",
+        "split_merged",
+        "residual_pass",
+        "whiten",
+    }
+)
 CheckedChannel = Annotated[ChannelRef, BeforeValidator(lambda v: _check_channel_ref(v))]
 
 
@@ -248,22 +275,33 @@ class SegmentationConfig(_Frozen):
 
 
 class SpotsConfig(_Frozen):
-    """Exosome punctum detection settings (see :mod:`napari_exouptake.spots`)."""
+    """Exosome punctum detection settings (see :mod:`napari_exouptake.spots`).
 
-    radius_px: float = Field(1.8, gt=0)
+    Settings of earlier versions that the detector no longer has (``auto_method``,
+    ``threshold_k``, ``max_width_factor``, ``min_relative_amplitude``, ``split_merged``,
+    ``residual_pass``, ``whiten``) are accepted and ignored with a warning.
+    """
+
+    radius_px: Annotated[Union[Literal["auto"], float], BeforeValidator(_check_radius)] = 1.8
     threshold: Threshold = "auto"
-    auto_method: Literal["snr", "fdr", "mad", "tiles"] = "snr"
     fdr: float = Field(0.05, gt=0, lt=1)
-    threshold_k: float = Field(5.0, gt=0)
-    max_width_factor: float | None = Field(1.5, gt=1)
-    min_relative_amplitude: float = Field(0.15, ge=0)
     background_radius_px: float | None = Field(None, gt=0)
     min_distance_px: float | None = Field(None, gt=0)
     cluster_estimate: bool = True
-    split_merged: bool = False
-    residual_pass: bool | Literal["auto"] = "auto"
-    whiten: bool | Literal["auto"] = "auto"
     exclude_border_px: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = sorted(set(data) & _RETIRED_SPOT_KEYS)
+            if old:
+                logger.warning(
+                    "spots: %s no longer exist(s) in the detector and is ignored",
+                    ", ".join(old),
+                )
+                data = {k: v for k, v in data.items() if k not in _RETIRED_SPOT_KEYS}
+        return data
 
 
 class PositivityConfig(_Frozen):
@@ -566,24 +604,14 @@ segmentation:
   normalize: true         # percentile-normalise channels before the network
 
 spots:
-  radius_px: 1.8          # expected punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma
-  threshold: auto         # auto, or a number (amplitude above local background, image units)
-  auto_method: snr        # snr (default) | fdr: false-discovery control from mirrored minima;
-                          # mad | tiles: threshold_k x robust (global | per-tile) noise sigma
-  fdr: 0.05               # accepted estimated false-discovery rate for snr/fdr (1.4 x this
-                          # when the whitened filter runs, near the detection limit)
-  threshold_k: 5.0        # auto_method mad/tiles: threshold in multiples of the noise sigma
-  max_width_factor: 1.5   # reject peaks wider than this x the expected punctum (haze); null = off
-  min_relative_amplitude: 0.15  # reject peaks dimmer than this x the typical punctum; 0 = off
+  radius_px: 1.8          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
+                          # auto = measured on the image's own puncta (recorded in run.json)
+  threshold: auto         # auto (decoy false-discovery control, never below SNR 5), or a
+                          # number (amplitude above local background, image units)
+  fdr: 0.05               # sensitivity of the auto threshold: accepted false-discovery rate
   background_radius_px: null  # local background window; null = derived from radius_px
   min_distance_px: null   # minimum distance between puncta; null = derived from radius_px
-  cluster_estimate: true  # estimate puncta per bright aggregate from the typical single punctum
-  split_merged: false     # fit 1-3 Gaussians to merged peaks (about 10x slower; see docs)
-  residual_pass: auto     # detect again after subtracting the found puncta (dim puncta next to
-                          # bright ones); auto = when the Gaussian model fits the image's puncta
-  whiten: auto            # find dim puncta with a filter whitened against the image's own
-                          # background texture; auto = when puncta are near the detection limit
-                          # and the texture makes it >= 5 % more sensitive (2D)
+  cluster_estimate: true  # estimate EVs per bright aggregate from the typical single punctum
   exclude_border_px: 0    # ignore puncta this close to the image border
 
 positivity:

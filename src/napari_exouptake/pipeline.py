@@ -205,7 +205,7 @@ def analyze_image(
         pixel_size_um=pixel_size,
         z_step_um=image.z_step_um,
         marker_names=list(ch.markers),
-        spot_radius_px=config.spots.radius_px,
+        spot_radius_px=float(spots_df.attrs.get("radius_px", 1.8)),
     )
     exo_m = channels_m["exosome"]
     lab2 = lab_m
@@ -272,8 +272,8 @@ def analyze_image(
 
 def _detection_provenance(attrs: dict) -> dict:
     """What the punctum detector did on this image: ``detect_spots``' ``df.attrs`` (threshold,
-    noise, reference punctum, whether the residual pass and the whitened filter ran),
-    JSON-safe (NaN -> None)."""
+    noise, reference punctum, punctum radius used and whether it was measured, hot pixels
+    removed), JSON-safe (NaN -> None)."""
     out = {}
     for k, v in attrs.items():
         if isinstance(v, (bool, np.bool_)):

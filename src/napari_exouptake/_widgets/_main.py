@@ -180,12 +180,15 @@ def _layer_source(layer: Any) -> str | None:
 
 
 def detector_note(attrs: dict) -> str:
-    """Status-line note on what the punctum detector chose by itself for this image ("" when
-    it used the plain band-pass): the whitened filter runs on textured backgrounds with
-    puncta near the detection limit (see ``detect_spots(whiten=...)``)."""
-    if attrs.get("whitened"):
-        return " · whitened filter (textured background, dim puncta)"
-    return ""
+    """Status-line note on what the punctum detector chose by itself for this image: the
+    threshold (image units) and, when measured, the punctum radius."""
+    parts = []
+    thr = attrs.get("threshold")
+    if thr is not None and np.isfinite(thr):
+        parts.append(f"threshold {thr:.4g}")
+    if attrs.get("radius_auto"):
+        parts.append(f"radius {attrs.get('radius_px', float('nan')):.2f} px (measured)")
+    return "".join(f" · {p}" for p in parts)
 
 
 # -- the widget ----------------------------------------------------------------------------------
@@ -320,11 +323,15 @@ class ExoUptakeWidget(QWidget):
         # 3. puncta
         g, f = self._section("3  Exosome puncta")
         self.radius_spin = QDoubleSpinBox()
-        self.radius_spin.setRange(0.3, 50.0)
+        self.radius_spin.setRange(0.0, 50.0)
+        self.radius_spin.setSpecialValueText("auto")
         self.radius_spin.setDecimals(2)
         self.radius_spin.setSingleStep(0.1)
         self.radius_spin.setSuffix(" px")
-        self.radius_spin.setToolTip("expected punctum radius: sqrt(2) x the PSF's Gaussian sigma")
+        self.radius_spin.setToolTip(
+            "expected punctum radius: sqrt(2) x the PSF's Gaussian sigma; 0 = auto (measured "
+            "on the image's own puncta)"
+        )
         f.addRow("radius:", self.radius_spin)
         self.threshold_auto = QCheckBox("auto")
         self.threshold_spin = QDoubleSpinBox()
@@ -677,7 +684,7 @@ class ExoUptakeWidget(QWidget):
         self.diameter_spin.setValue(sc.diameter_px or 0.0)
         self.device_combo.setCurrentText(sc.device if sc.device in DEVICES else "auto")
         sp = config.spots
-        self.radius_spin.setValue(sp.radius_px)
+        self.radius_spin.setValue(0.0 if sp.radius_px == "auto" else sp.radius_px)
         auto = sp.threshold == "auto"
         self.threshold_auto.setChecked(auto)
         self.threshold_spin.setEnabled(not auto)
@@ -729,7 +736,7 @@ class ExoUptakeWidget(QWidget):
             "device": self.device_combo.currentText(),
         }
         spots = {
-            "radius_px": self.radius_spin.value(),
+            "radius_px": self.radius_spin.value() or "auto",
             "threshold": "auto" if self.threshold_auto.isChecked() else self.threshold_spin.value(),
         }
         positivity = self._base.positivity.model_dump(mode="json")
@@ -1103,7 +1110,7 @@ class ExoUptakeWidget(QWidget):
                 result.spots,
                 name=f"{result.image} puncta",
                 ndim=geo["ndim"],
-                radius_px=cfg.spots.radius_px,
+                radius_px=float(result.spots.attrs.get("radius_px", 1.8)),
                 scale=geo["scale"],
                 translate=geo["translate"],
                 metadata=pmeta,
@@ -1357,7 +1364,8 @@ class ExoUptakeWidget(QWidget):
             z = int(self.viewer.dims.current_step[-3]) if self.viewer.dims.ndim >= 3 else 0
             data = data[min(max(z, 0), data.shape[0] - 1)]
         sl = self.visible_region(layer)
-        margin = int(np.ceil(8 * spots_cfg.radius_px))
+        r = 1.8 if spots_cfg.radius_px == "auto" else spots_cfg.radius_px
+        margin = int(np.ceil(8 * r))
         sl = tuple(
             slice(max(s.start - margin, 0), min(s.stop + margin, n))
             for s, n in zip(sl, data.shape, strict=True)
@@ -1372,7 +1380,7 @@ class ExoUptakeWidget(QWidget):
                     df,
                     name="puncta preview",
                     ndim=2,
-                    radius_px=spots_cfg.radius_px,
+                    radius_px=float(df.attrs.get("radius_px", r)),
                     metadata={META_KEY: {"kind": "preview", "image_layer": layer.name}},
                     **geo,
                 )
