@@ -82,11 +82,12 @@ class BandPass:
         if len(peaks):
             np.add.at(canvas, tuple(np.asarray(peaks).T), np.asarray(heights, np.float32))
         scale = float(np.prod(np.sqrt(2.0 * np.pi) * self.psf)) / self.dog_gain
-        g1 = ndimage.gaussian_filter(canvas, np.sqrt(self.psf**2 + self.s1**2), mode="constant")
         g2 = ndimage.gaussian_filter(canvas, np.sqrt(self.psf**2 + self.s2**2), mode="constant")
-        np.subtract(g1, g2, out=g1)
-        g1 *= np.float32(scale)
-        return g1
+        canvas = ndimage.gaussian_filter(canvas, np.sqrt(self.psf**2 + self.s1**2), mode="constant")
+        canvas -= g2
+        del g2
+        canvas *= np.float32(scale)
+        return canvas
 
     @property
     def reach(self) -> float:

@@ -268,7 +268,8 @@ def select_puncta(
     # local noise: what the band-pass shows once the first-pass puncta (and their filter rings)
     # are subtracted, left out within one radius of them (the model is not exact there)
     first = vmax > t1 * noise
-    resid = f - bp.render(f.shape, maxima[first], vmax[first])
+    resid = bp.render(f.shape, maxima[first], vmax[first])
+    np.subtract(f, resid, out=resid)
     nmap = local_noise_map(resid, maxima[first], bp.radius, noise)
     del resid
     nmax = nmap[tuple(maxima.T)].astype(np.float64)
@@ -277,6 +278,7 @@ def select_puncta(
         maxima, smax, minima, smin, fdr, _ROSE_K, bp.response, bp.reach
     )
     pick = smax > t_snr
+    peaks, snr_p, noise_p = maxima[pick], smax[pick], nmax[pick]
     logger.debug(
         "decoy-FDR threshold: SNR %.3g, %d of %d maxima kept (%d decoy minima)",
         t_snr,
@@ -284,5 +286,5 @@ def select_puncta(
         n_max,
         n_min,
     )
-    thr = float(t_snr * np.median(nmax[pick])) if pick.any() else float(t_snr * noise)
-    return Selection(maxima[pick], smax[pick], nmax[pick], thr, float(t_snr), noise)
+    thr = float(t_snr * np.median(noise_p)) if len(peaks) else float(t_snr * noise)
+    return Selection(peaks, snr_p, noise_p, thr, float(t_snr), noise)
