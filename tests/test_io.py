@@ -198,3 +198,289 @@ def test_reads_dsb_pngs_and_labels(shared_data):
         assert im.data.ndim == 4 and im.data.shape[1] == 1
     for p in labs:
         assert read_labels(p).max() > 0
+
+
+# -- lazy reading and big label images ----------------------------------------------------------
+
+
+def test_lazy_tiff_reads_only_what_is_taken(tmp_path, czyx, monkeypatch):
+    import napari_exouptake.io as io
+
+    path = tmp_path / "big.ome.tif"
+    tifffile.imwrite(path, czyx, ome=True, tile=(16, 16), metadata={"axes": "CZYX"})
+    eager = read_image(path, lazy=False)
+    lazy = read_image(path, lazy=True)
+    assert not io.is_lazy(eager.data) and io.is_lazy(lazy.data)
+    assert lazy.data.shape == eager.data.shape == czyx.shape
+    assert np.array_equal(np.asarray(lazy.channel(2)), czyx[2])
+    # the size rule: above LAZY_ABOVE_BYTES the default read is lazy
+    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", czyx.nbytes - 1)
+    assert io.is_lazy(read_image(path).data)
+    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", czyx.nbytes)
+    assert not io.is_lazy(read_image(path).data)
+
+
+@pytest.mark.parametrize("lazy_input", [False, True])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_big_labels_tiled_tiff_and_ome_zarr(tmp_path, monkeypatch, lazy_input, suffix):
+    import dask.array as da
+
+    import napari_exouptake.io as io
+
+    monkeypatch.setattr(io, "TILED_LABELS_ABOVE_PX", 100 * 100)  # "big" = over 100 x 100
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 70_000, size=(300, 517)).astype(np.uint32)  # edge tiles partial
+    arr = da.from_array(labels, chunks=(128, 100)) if lazy_input else labels
+    path = tmp_path / f"big_cells{suffix}"
+    write_labels(path, arr)
+    write_labels(path, arr)  # overwriting an existing store/file works
+    if suffix == ".tif":
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].is_tiled and tif.pages[0].tilewidth == 256
+    else:
+        attrs = __import__("json").loads((path / ".zattrs").read_text())
+        assert attrs["multiscales"][0]["datasets"][0]["path"] == "0"
+    back = read_labels(path)
+    assert back.dtype == np.uint32 and np.array_equal(back, labels)
+    lazy_back = read_labels(path, lazy=True)
+    assert io.is_lazy(lazy_back)
+    assert np.array_equal(np.asarray(lazy_back[250:300, 500:517]), labels[250:, 500:])
+    assert not list(tmp_path.glob(".*"))  # no temporary leftovers
+
+
+def test_small_labels_stay_plain_tiff(tmp_path):
+    path = write_labels(tmp_path / "s.tif", np.arange(12, dtype=np.int32).reshape(3, 4))
+    with tifffile.TiffFile(path) as tif:
+        assert not tif.pages[0].is_tiled
+
+
+# -- microscope formats (bioio, the ``formats`` extra) ------------------------------------------
+
+
+def test_formats_without_the_extra_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    for suffix, module in ((".czi", "bioio_czi"), (".nd2", "bioio_nd2"), (".lif", "bioio_lif")):
+        path = tmp_path / f"x{suffix}"
+        path.write_bytes(b"not really")
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+        with pytest.raises(ImageReadError) as err:
+            read_image(path)
+        msg = str(err.value)
+        assert str(path) in msg and 'pip install "napari-exouptake[formats]"' in msg
+        assert module.replace("_", "-") in msg and "\n" not in msg
+
+
+def test_unsupported_suffix_lists_the_formats(tmp_path):
+    path = tmp_path / "x.xyz"
+    path.write_bytes(b"1")
+    with pytest.raises(ImageReadError, match=r"\.czi, \.nd2, \.lif, \.zarr.*formats"):
+        read_image(path)
+
+
+def test_scene_of_a_tiff_is_refused(tmp_path, czyx):
+    from napari_exouptake.io import scene_names
+
+    path = tmp_path / "a.tif"
+    write_ome_tiff(path, czyx, ["a", "b", "c"])
+    assert scene_names(path) is None
+    assert read_image(path, scene=0).data.shape == czyx.shape
+    with pytest.raises(ImageReadError, match="scene 2 does not exist"):
+        read_image(path, scene=2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.5, 0.5), (0, None), (0.0, None), (-6.23, None), (float("nan"), None), (None, None)],
+)
+def test_pixel_size_nonsense_is_unknown(value, expected, caplog, tmp_path):
+    from napari_exouptake.io import _valid_size
+
+    with caplog.at_level("WARNING", logger="napari_exouptake.io"):
+        assert _valid_size(value, "X", tmp_path / "f.czi") == expected
+    warned = any("not a size" in r.getMessage() for r in caplog.records)
+    assert warned == (value is not None and expected is None)
+
+
+FORMATS = "formats"
+# file -> (scene labels, TCZYX shape of each scene, channel names, (Z, X) um) from PROVENANCE.md
+FORMAT_CASES = {
+    "czi/CellDivision_T3_Z5_CH2_X240_Y170.czi": (
+        ["Image_0"],
+        [(3, 2, 5, 170, 240)],
+        ("LED555", "LED470"),
+        (0.32, 0.0906),
+    ),
+    "czi/S3_1Pos_2Mosaic_T2Z3_CH2_sm.czi": (
+        ["TR1", "P1", "TR2"],
+        [(2, 2, 3, 122, 295), (2, 2, 3, 64, 64), (2, 2, 3, 237, 352)],
+        ("DAPI", "EGFP"),
+        (1.0, 1.6),
+    ),
+    "czi/LLS7_small.czi": (
+        ["Image_0"],
+        [(2, 2, 3, 64, 64)],
+        ("LatticeLightsheet 1-T1", "LatticeLightsheet 2-T2"),
+        (0.145, 0.145),
+    ),
+    "nd2/cluster.nd2": (
+        ["XYPos_0"],
+        [(3, 2, 10, 31, 38)],
+        ("5-FAM/pH 9.0", "FM 4-64/2% CHAPS"),
+        (0.5, 0.168),
+    ),
+    "lif/PR2729_frameOrderCombinedScanTypes.lif": (
+        ["TileScan_001"],
+        [(2, 2, 3, 127, 127)],
+        ("Green", "Red"),
+        (None, 3.968),  # Z is -6.23 in the file: unknown
+    ),
+    "ome-zarr/xyz_8bit__mitotic_plate_calibrated.ome.zarr": (
+        ["0"],
+        [(1, 1, 6, 263, 263)],
+        ("Channel 0",),
+        (3.0, 0.0852),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def formats_dir(shared_data):
+    pytest.importorskip("bioio", reason="the formats extra is not installed")
+    folder = shared_data / FORMATS
+    if not folder.is_dir():
+        pytest.skip("../shared/data/formats is not present")
+    return folder
+
+
+def _bioio_truth(path, scene):
+    """What bioio itself reports for one scene (TCZYX array, names, sizes)."""
+    from bioio import BioImage
+
+    kwargs = {}
+    if path.name.endswith(".ome.zarr"):
+        import bioio_ome_zarr
+
+        path = path / "0"  # bioformats2raw: the image is the group 0
+        kwargs["reader"] = bioio_ome_zarr.Reader  # not found by suffix without .zarr
+    bio = BioImage(path, **kwargs)
+    bio.set_scene(scene)
+    return bio.get_image_data("TCZYX"), list(bio.channel_names), bio.physical_pixel_sizes
+
+
+@pytest.mark.parametrize("rel", list(FORMAT_CASES))
+def test_reads_microscope_formats(formats_dir, rel, caplog):
+    from napari_exouptake.io import scene_names
+
+    path = formats_dir / rel
+    scenes, shapes, names, (z_um, x_um) = FORMAT_CASES[rel]
+    assert scene_names(path) == scenes
+    for s, shape in enumerate(shapes):
+        with caplog.at_level("WARNING", logger="napari_exouptake.io"):
+            img = read_image(path, scene=s)
+        assert img.source == path and img.metadata["scenes"] == scenes
+        assert img.channel_names == names
+        data, bio_names, sizes = _bioio_truth(path, s)
+        assert data.shape == shape
+        # same pixels as bioio, normalised like every other image (T dropped when 1)
+        expected = data[0] if shape[0] == 1 else data
+        assert np.array_equal(np.asarray(img.data), expected)
+        assert list(img.channel_names) == [str(n) for n in bio_names]
+        assert img.pixel_size_um == pytest.approx(sizes.X) == pytest.approx(x_um, rel=2e-3)
+        if z_um is None:
+            assert sizes.Z < 0 and img.z_step_um is None
+            assert any("Z = -6.2" in r.getMessage() for r in caplog.records)
+        else:
+            assert img.z_step_um == pytest.approx(sizes.Z) == pytest.approx(z_um, rel=2e-3)
+    # scenes by name, and a missing one
+    assert read_image(path, scene=scenes[-1]).data.shape[-2:] == shapes[-1][-2:]
+    with pytest.raises(ImageReadError, match="does not exist"):
+        read_image(path, scene=len(scenes))
+
+
+def test_lazy_microscope_format_reads_one_channel(formats_dir):
+    from napari_exouptake.io import is_lazy
+
+    path = formats_dir / "czi/S3_1Pos_2Mosaic_T2Z3_CH2_sm.czi"
+    lazy = read_image(path, scene="TR2", lazy=True)
+    eager = read_image(path, scene="TR2", lazy=False)
+    assert is_lazy(lazy.data) and not is_lazy(eager.data)
+    assert np.array_equal(np.asarray(lazy.frame(1).channel(1)), eager.frame(1).channel(1))
+
+
+def test_failing_lif_names_the_file_and_the_complaint(formats_dir):
+    path = formats_dir / "lif/LeicaLASX_wavelength-sweep_example.lif"
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "bioio-lif" in msg and "\n" not in msg
+    assert "axes don't match array" in msg and "x_y_lambdaEmi" in msg
+
+
+def _block_labels(shape_zyx):
+    """Four rectangular cells covering the image's quadrants (Z, Y, X)."""
+    z, y, x = shape_zyx
+    lab = np.zeros((z, y, x), np.uint16)
+    lab[:, : y // 2 - 1, : x // 2 - 1] = 1
+    lab[:, : y // 2 - 1, x // 2 + 1 :] = 2
+    lab[:, y // 2 + 1 :, : x // 2 - 1] = 3
+    lab[:, y // 2 + 1 :, x // 2 + 1 :] = 4
+    return lab
+
+
+@pytest.mark.slow
+def test_formats_analyse_end_to_end_and_resume(formats_dir, tmp_path):
+    """`exouptake analyze` on the formats folder: every scene x time point is one image named
+    file[scene]_tNNN, metadata reach run.json, the failing LIF is one clear failure, and a
+    rerun reuses every finished file."""
+    import json
+
+    from napari_exouptake.cli import main
+
+    labels = tmp_path / "labels"
+    expected: dict[str, tuple] = {}  # image name -> (channel names, pixel size, z step)
+    for rel, (scenes, shapes, names, _) in FORMAT_CASES.items():
+        path = formats_dir / rel
+        stem = path.name.split(".")[0]
+        for s, shape in enumerate(shapes):
+            img = read_image(path, scene=s)
+            for t in range(shape[0]):
+                name = stem + (f"[{scenes[s]}]" if len(scenes) > 1 else "")
+                name += f"_t{t:03d}" if shape[0] > 1 else ""
+                write_labels(labels / f"{name}_cells.tif", _block_labels(shape[2:]))
+                expected[name] = (list(names), img.pixel_size_um, img.z_step_um)
+    assert sum("S3_1Pos" in n for n in expected) == 3 * 2  # 3 scenes x 2 time points
+    config = tmp_path / "config.yaml"
+    config.write_text("channels:\n  exosome: 0\n")
+    out = tmp_path / "out"
+    args = ["analyze", str(formats_dir), "--config", str(config), "--out", str(out)]
+    args += ["--labels", str(labels)]
+    assert main(args) == 1  # one input failed: the wavelength-sweep LIF
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["image"].tolist() == ["LeicaLASX_wavelength-sweep_example"]
+    assert "bioio-lif" in failures["error"][0] and "axes don't match array" in failures["error"][0]
+
+    images = pd.read_csv(out / "images.csv")
+    assert sorted(images["image"]) == sorted(expected)
+    s3 = images[images["source_image"] == "S3_1Pos_2Mosaic_T2Z3_CH2_sm"].sort_values("image")
+    assert s3["series"].tolist() == [1, 1, 0, 0, 2, 2]  # P1, TR1, TR2 (name order)
+    assert (images["n_cells"] == 4).all()
+    run = json.loads((out / "run.json").read_text())
+    for name, (names, px, z) in expected.items():
+        meta = run["images"][name]["image_metadata"]
+        assert meta["channel_names"] == names
+        assert meta["pixel_size_um"] == px and run["images"][name]["pixel_size_um"] == px
+        assert meta["z_step_um"] == z
+    assert run["images"]["S3_1Pos_2Mosaic_T2Z3_CH2_sm[TR2]_t001"]["image_metadata"]["scene"] == (
+        "TR2"
+    )
+    for name in expected:
+        assert (out / "labels" / f"{name}_cells.tif").is_file()
+
+    # a rerun (glob input this time) finds the same files and redoes none of them
+    log_before = (out / "exouptake.log").read_text()
+    glob_args = [str(formats_dir / "*" / "*.c*"), str(formats_dir / "*" / "*.[nlz]*")]
+    args = ["analyze", *glob_args, "--config", str(config), "--out", str(out)]
+    assert main([*args, "--labels", str(labels)]) == 1
+    new_log = (out / "exouptake.log").read_text()[len(log_before) :]
+    assert "analyzed 0, reused 6, failed 1" in new_log

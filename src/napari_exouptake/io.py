@@ -872,7 +872,8 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
         return _write_labels_zarr(path, out)
     import tifffile
 
-    kwargs: dict = {"compression": "zlib"}
+    # minisblack: a (3, Y, X) or (4, Y, X) stack is Z planes, never RGB(A) samples
+    kwargs: dict = {"compression": "zlib", "photometric": "minisblack"}
     tiled = out.shape[-2] * out.shape[-1] > TILED_LABELS_ABOVE_PX
     if tiled:
         kwargs.update(tile=_LABEL_TILE, bigtiff=out.nbytes > 2**31 - 2**25)
