@@ -277,6 +277,26 @@ def read_image(
     return image
 
 
+def _want_lazy(lazy: bool | None, nbytes: int) -> bool:
+    """The ``lazy`` rule: as asked, else above :data:`LAZY_ABOVE_BYTES`, except inside a Dask
+    distributed worker, where computing a dask array from within a task would submit it to the
+    cluster the task is running on (which can deadlock with one thread per worker)."""
+    if lazy is not None:
+        return bool(lazy)
+    return nbytes > LAZY_ABOVE_BYTES and not _in_dask_worker()
+
+
+def _in_dask_worker() -> bool:
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
+
+
 def is_lazy(array) -> bool:
     """True for a dask array (read on demand) rather than an in-memory numpy array."""
     da = sys.modules.get("dask.array")
@@ -317,7 +337,7 @@ def _read_tiff_inner(path: Path, axes: str | None, lazy: bool | None = None) -> 
         series = tif.series[0]
         _check_complete(tif, path)
         data = None
-        if lazy or (lazy is None and series.nbytes > LAZY_ABOVE_BYTES):
+        if _want_lazy(lazy, series.nbytes):
             try:
                 data = _tiff_dask(path, series.shape)
             except ImportError as exc:  # zarr or dask missing
@@ -679,7 +699,7 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
         axes_in = "TCZYX"
     nbytes = int(np.prod(data.shape, dtype=np.int64)) * data.dtype.itemsize
     try:
-        if lazy or (lazy is None and nbytes > LAZY_ABOVE_BYTES):
+        if _want_lazy(lazy, nbytes):
             # read one corner now, so a reader that cannot decode the file fails here, naming it
             np.asarray(data[(0,) * (data.ndim - 2) + (slice(0, 1), slice(0, 1))])
         else:
