@@ -484,3 +484,29 @@ def test_formats_analyse_end_to_end_and_resume(formats_dir, tmp_path):
     assert main([*args, "--labels", str(labels)]) == 1
     new_log = (out / "exouptake.log").read_text()[len(log_before) :]
     assert "analyzed 0, reused 6, failed 1" in new_log
+
+
+def test_batch_finds_microscope_files_and_zarr_stores(tmp_path):
+    """Folders and globs yield .czi/.nd2/.lif files and .zarr stores (one input each, never
+    the chunk files inside a store)."""
+    from napari_exouptake.batch import collect_inputs
+
+    for name in ("a.czi", "sub/b.ND2", "d.lif", "e.tif", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    store = tmp_path / "sub" / "c.ome.zarr"
+    (store / "0" / "0").mkdir(parents=True)
+    (store / ".zattrs").write_text("{}")
+    (store / "0" / ".zattrs").write_text("{}")
+    (store / "0" / "0" / "0.tif").write_bytes(b"x")  # a chunk that merely ends in .tif
+    found = collect_inputs(tmp_path)
+    assert [(f.name, f.path.relative_to(tmp_path).as_posix()) for f in found] == [
+        ("a", "a.czi"),
+        ("b", "sub/b.ND2"),
+        ("c", "sub/c.ome.zarr"),
+        ("d", "d.lif"),
+        ("e", "e.tif"),
+    ]
+    assert [f.name for f in collect_inputs(str(tmp_path / "*" / "*.zarr"))] == ["c"]
+    assert [f.path for f in collect_inputs(store)] == [store]  # the store itself as input
+    assert [f.path for f in collect_inputs(store / "0")] == [store / "0"]  # an image group
