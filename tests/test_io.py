@@ -510,3 +510,44 @@ def test_batch_finds_microscope_files_and_zarr_stores(tmp_path):
     assert [f.name for f in collect_inputs(str(tmp_path / "*" / "*.zarr"))] == ["c"]
     assert [f.path for f in collect_inputs(store)] == [store]  # the store itself as input
     assert [f.path for f in collect_inputs(store / "0")] == [store / "0"]  # an image group
+
+
+def _write_ome_zarr(path, data, scale, unit, names):
+    """A minimal OME-Zarr 0.4 image (c, z, y, x) written with zarr itself."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": unit} for a in "zyx"
+    ]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            ],
+        }
+    ]
+    root.attrs["omero"] = {"channels": [{"label": n} for n in names]}
+
+
+def test_ome_zarr_units_and_nonsense_sizes(tmp_path, caplog):
+    pytest.importorskip("bioio_ome_zarr", reason="the formats extra is not installed")
+    data = np.arange(2 * 3 * 20 * 24, dtype=np.uint16).reshape(2, 3, 20, 24)
+    nm = tmp_path / "nm.ome.zarr"
+    _write_ome_zarr(nm, data, [1.0, 500.0, 85.0, 85.0], "nanometer", ["DAPI", "PKH26"])
+    img = read_image(nm)
+    assert img.channel_names == ("DAPI", "PKH26") and np.array_equal(img.data, data)
+    assert img.pixel_size_um == pytest.approx(0.085) and img.z_step_um == pytest.approx(0.5)
+    assert img.name == "nm"
+
+    zero = tmp_path / "zero.ome.zarr"
+    _write_ome_zarr(zero, data, [1.0, 2.0, 0.0, 0.0], "micrometer", ["a", "b"])
+    with caplog.at_level("WARNING", logger="napari_exouptake.io"):
+        img = read_image(zero)
+    assert img.pixel_size_um is None and img.z_step_um == pytest.approx(2.0)
+    assert any(
+        "X = 0.0" in r.getMessage() and "zero.ome.zarr" in r.getMessage() for r in caplog.records
+    )

@@ -686,7 +686,7 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
         order = "TCZYXS" if "S" in dims.order and dims.S > 1 else "TCZYX"
         data = bio.get_image_dask_data(order)
         names_raw = bio.channel_names
-        sizes = bio.physical_pixel_sizes
+        sizes = _sizes_um(bio, path)
     except Exception as exc:
         raise ImageReadError(
             f"{path}: {version} cannot read {where}the file ({type(exc).__name__}: "
@@ -709,8 +709,8 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
             f"{path}: {version} cannot read the pixels of {where}the file "
             f"({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
-    pixel_size = _valid_size(sizes.X, "X", path)
-    pixel_y = _valid_size(sizes.Y, "Y", path)
+    pixel_size = _valid_size(sizes["X"], "X", path)
+    pixel_y = _valid_size(sizes["Y"], "Y", path)
     if (
         pixel_size is not None
         and pixel_y is not None
@@ -722,7 +722,7 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
             pixel_size,
             pixel_y,
         )
-    z_step = _valid_size(sizes.Z, "Z", path) if data.shape[axes_in.index("Z")] > 1 else None
+    z_step = _valid_size(sizes["Z"], "Z", path) if data.shape[axes_in.index("Z")] > 1 else None
     img = from_array(data, axes_in, None, pixel_size, z_step, path)
     names = [str(n) for n in (names_raw or [])]
     if len(names) == img.n_channels:
@@ -734,6 +734,28 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
         "scenes": [_scene_label(s) for s in scenes],
     }
     return replace(img, metadata=meta)
+
+
+def _sizes_um(bio, path: Path) -> dict[str, float | None]:
+    """Physical Z, Y, X pixel sizes in um: bioio's values, converted when the file states a
+    unit (an OME-Zarr in nanometres), taken as um when it states none (bioio's convention)."""
+    sizes = bio.physical_pixel_sizes
+    try:
+        props = bio.dimension_properties
+    except Exception:  # readers without unit information
+        props = None
+    out: dict[str, float | None] = {}
+    for axis in "ZYX":
+        value = getattr(sizes, axis, None) if sizes is not None else None
+        unit = getattr(getattr(props, axis, None), "unit", None)
+        if value is not None and unit is not None:
+            try:
+                value = float((value * unit).to("micrometer").magnitude)
+            except Exception:  # not a length (e.g. a pixel or dimensionless unit)
+                log.warning("%s: %s size unit %s is not a length; ignored", path.name, axis, unit)
+                value = None
+        out[axis] = value
+    return out
 
 
 def _scene_index(
