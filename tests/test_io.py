@@ -455,7 +455,9 @@ def test_formats_analyse_end_to_end_and_resume(formats_dir, tmp_path):
     out = tmp_path / "out"
     args = ["analyze", str(formats_dir), "--config", str(config), "--out", str(out)]
     args += ["--labels", str(labels)]
-    assert main(args) == 1  # one input failed: the wavelength-sweep LIF
+    sheet = tmp_path / "sheet.csv"  # scenes in a sample sheet: `[[]` is a literal `[`
+    sheet.write_text("pattern,condition\nS3_1Pos_2Mosaic_T2Z3_CH2_sm[[]TR1]*,tr1\ncluster,nd2\n")
+    assert main([*args, "--sample-sheet", str(sheet)]) == 1  # failed: the wavelength-sweep LIF
     failures = pd.read_csv(out / "failures.csv")
     assert failures["image"].tolist() == ["LeicaLASX_wavelength-sweep_example"]
     assert "bioio-lif" in failures["error"][0] and "axes don't match array" in failures["error"][0]
@@ -465,6 +467,14 @@ def test_formats_analyse_end_to_end_and_resume(formats_dir, tmp_path):
     s3 = images[images["source_image"] == "S3_1Pos_2Mosaic_T2Z3_CH2_sm"].sort_values("image")
     assert s3["series"].tolist() == [1, 1, 0, 0, 2, 2]  # P1, TR1, TR2 (name order)
     assert (images["n_cells"] == 4).all()
+    conditions = dict(zip(images["image"], images["condition"].fillna(""), strict=True))
+    assert [n for n, c in conditions.items() if c == "tr1"] == [
+        "S3_1Pos_2Mosaic_T2Z3_CH2_sm[TR1]_t000",
+        "S3_1Pos_2Mosaic_T2Z3_CH2_sm[TR1]_t001",
+    ]
+    assert sorted(n for n, c in conditions.items() if c == "nd2") == [
+        f"cluster_t00{t}" for t in range(3)
+    ]
     run = json.loads((out / "run.json").read_text())
     for name, (names, px, z) in expected.items():
         meta = run["images"][name]["image_metadata"]
@@ -481,7 +491,7 @@ def test_formats_analyse_end_to_end_and_resume(formats_dir, tmp_path):
     log_before = (out / "exouptake.log").read_text()
     glob_args = [str(formats_dir / "*" / "*.c*"), str(formats_dir / "*" / "*.[nlz]*")]
     args = ["analyze", *glob_args, "--config", str(config), "--out", str(out)]
-    assert main([*args, "--labels", str(labels)]) == 1
+    assert main([*args, "--labels", str(labels), "--sample-sheet", str(sheet)]) == 1
     new_log = (out / "exouptake.log").read_text()[len(log_before) :]
     assert "analyzed 0, reused 6, failed 1" in new_log
 
