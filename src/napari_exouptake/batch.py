@@ -25,7 +25,8 @@ parts sorted by image name and the merged tables are rewritten, so they are iden
 the history (interrupted, resumed, serial, processes or Dask).
 
 Stacks: every series of a multi-series file (OME multi-image) and every time point is analysed
-on its own; the image name gets ``_s<NN>`` / ``_t<NNN>`` suffixes (only for axes longer than one)
+on its own; the image name gets ``_s<NN>`` (``[<scene>]`` for the named scenes of a CZI, ND2,
+LIF or OME-Zarr file) / ``_t<NNN>`` suffixes (only for axes longer than one)
 and the tables get ``source_image``, ``series`` and ``t`` columns. Z-stacks are analysed as
 volumes, unless ``z_mode="planes"`` or the given labels are 2-D: then each plane is one image
 (``_z<NNN>`` suffix, ``z`` column = plane index).
@@ -147,7 +148,8 @@ def collect_inputs(
     Parameters
     ----------
     inputs : str, Path or sequence of them
-        Image files, folders (every TIFF/PNG/JPEG below them) or glob patterns
+        Image files, folders (every TIFF/PNG/JPEG/CZI/ND2/LIF file and ``.zarr`` store below
+        them) or glob patterns
         (``**`` recurses).
     exclude : sequence of path
         Folders whose files are never inputs (the output folder, a labels folder).
