@@ -583,3 +583,52 @@ def test_lazy_image_gives_the_same_analysis(tmp_path):
     pd.testing.assert_frame_equal(a.cells, b.cells)
     pd.testing.assert_frame_equal(a.spots, b.spots)
     assert len(a.spots) > 100 and "cd31_mean_intensity" in a.cells
+
+
+class _FakeBioImage:
+    """Just enough of bioio.BioImage for _read_bioio: one RGB scene, X size NaN."""
+
+    scenes = ("Scene #1",)
+
+    def __init__(self, data):
+        self._data = data  # (T, C, Z, Y, X, S)
+
+    def set_scene(self, index):
+        assert index == 0
+
+    @property
+    def dims(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(order="TCZYXS", S=self._data.shape[-1])
+
+    def get_image_dask_data(self, order):
+        import dask.array as da
+
+        assert order == "TCZYXS"
+        return da.from_array(self._data)
+
+    channel_names = ("Bright",)
+
+    @property
+    def physical_pixel_sizes(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(Z=None, Y=0.5, X=float("nan"))
+
+
+def test_rgb_scene_and_nan_size_through_the_bioio_path(tmp_path, monkeypatch, caplog):
+    import napari_exouptake.io as io
+
+    rgb = np.random.default_rng(2).integers(0, 255, (1, 1, 1, 12, 16, 3), dtype=np.uint8)
+    monkeypatch.setattr(io, "_open_bioio", lambda path, kind: _FakeBioImage(rgb))
+    path = tmp_path / "slide.czi"
+    path.write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="napari_exouptake.io"):
+        img = read_image(path)
+    assert img.axes == "CZYX" and img.data.shape == (3, 1, 12, 16)
+    assert np.array_equal(img.data[:, 0], np.moveaxis(rgb[0, 0, 0], -1, 0))
+    assert img.channel_names == ("C0", "C1", "C2")  # one name for three samples: not used
+    assert img.pixel_size_um is None  # X is NaN: unknown, although Y says 0.5
+    assert any("X = nan" in r.getMessage() for r in caplog.records)
+    assert img.metadata["scene"] == "Scene #1" and img.metadata["scenes"] == ["Scene_1"]

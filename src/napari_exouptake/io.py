@@ -74,8 +74,10 @@ class ImageData:
 
     Attributes
     ----------
-    data : (C, Z, Y, X) or (T, C, Z, Y, X) ndarray
-        Pixel values in the file's dtype. ``axes`` says which layout.
+    data : (C, Z, Y, X) or (T, C, Z, Y, X) ndarray or dask array
+        Pixel values in the file's dtype. ``axes`` says which layout. A dask array (big
+        images, ``read_image(lazy=True)``) reads from the file what is taken of it
+        (``np.asarray(image.channel(i))`` reads one channel).
     channel_names : tuple of str
         One name per channel (from metadata, else ``"C0"``, ``"C1"``, ...).
     pixel_size_um : float or None
@@ -85,6 +87,9 @@ class ImageData:
     source : Path or None
         File the image came from.
     axes : {"CZYX", "TCZYX"}
+    metadata : dict
+        What the reader knew: ``format``; for CZI/ND2/LIF/OME-Zarr also ``reader``, ``scene``
+        and ``scenes`` (see :func:`read_image`).
     """
 
     data: np.ndarray
