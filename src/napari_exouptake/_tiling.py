@@ -9,8 +9,9 @@ padded, so the filter sees the real edge and applies its own boundary mode, as o
 Peak memory is one output array plus a few tiles' temporaries, instead of the filter's
 temporaries for the whole image; a lazy (dask) input is read tile by tile. Measured on the tube
 readout's preprocessing (Gaussian, opening, box mean; reach 83 px) of a 6144 x 6144 float32
-image (151 MB), 2 cores: 577 MB above the input on the whole image, 352 MB tiled (tile 1024,
-depth 84, 2 threads); 10.5 s and 9.9 s.
+image (151 MB), 2 busy cores, ``benchmarks/big_images.py``: peak 577 MB above the input on the
+whole image, 351 MB tiled (tile 1024, depth 84, 2 threads; the output itself is 151 MB);
+10.1 s and 8.6 s.
 
 Not used by the readouts yet: :func:`map_tiles` is the building block for them.
 """
