@@ -292,3 +292,21 @@ def test_reader_shows_the_scene_and_time_point_of_each_image(tmp_path, shared_da
     assert kw["scale"] == (1.6, 1.6, 1.6)
     assert layers["S3[TR1]_t000 DAPI"][0].shape == (3, 122, 295)
     assert layers["S3[TR2]_t001 cells"][0].shape == (3, 237, 352)
+
+
+def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
+    """Above the lazy-reading limit the reader hands napari dask arrays (read as drawn), with
+    the same values and the same features."""
+    import napari_exouptake.io as io
+
+    labels, cells, _ = _tiny_results(tmp_path)
+    eager = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", 100)  # the tiny image counts as big
+    lazy = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    for name in ("img cells", "PKH26"):
+        assert io.is_lazy(lazy[name][0]) and not io.is_lazy(eager[name][0])
+        np.testing.assert_array_equal(np.asarray(lazy[name][0]), eager[name][0])
+    assert lazy["PKH26"][1]["contrast_limits"] == eager["PKH26"][1]["contrast_limits"]
+    pd.testing.assert_frame_equal(
+        lazy["img cells"][1]["features"], eager["img cells"][1]["features"]
+    )

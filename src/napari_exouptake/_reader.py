@@ -89,6 +89,21 @@ def _find_image(folder: Path, name: str, run: dict) -> Path | None:
     return None
 
 
+def _read_labels_for_display(path: Path) -> Any:
+    """A label image; a dask array over its tiles when it is bigger than the lazy-reading
+    limit (napari draws the visible part), else a numpy array."""
+    import tifffile
+
+    from . import io
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            big = tif.series[0].nbytes > io.LAZY_ABOVE_BYTES
+    except Exception:  # read_labels gives the proper error
+        big = False
+    return io.read_labels(path, lazy=big)
+
+
 def _stack_position(folder: Path, name: str) -> tuple[int, int]:
     """(scene, time point) of image ``name`` from ``images.csv`` (0, 0 when not split)."""
     table = folder / "images.csv"
@@ -152,7 +167,7 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
         table = cells[cells["image"].astype(str) == name] if "image" in cells else cells
         lab_path = folder / "labels" / f"{name}_cells.tif"
         if lab_path.is_file():
-            labels = read_labels(lab_path)
+            labels = _read_labels_for_display(lab_path)
             ndim = 3 if labels.ndim == 3 and labels.shape[0] > 1 else 2
             layers.append(
                 labels_layer_data(
