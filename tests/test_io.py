@@ -204,6 +204,7 @@ def test_reads_dsb_pngs_and_labels(shared_data):
 
 
 def test_lazy_tiff_reads_only_what_is_taken(tmp_path, czyx, monkeypatch):
+    pytest.importorskip("zarr", reason="lazy reading needs zarr (the formats extra)")
     import napari_exouptake.io as io
 
     path = tmp_path / "big.ome.tif"
@@ -223,6 +224,7 @@ def test_lazy_tiff_reads_only_what_is_taken(tmp_path, czyx, monkeypatch):
 @pytest.mark.parametrize("lazy_input", [False, True])
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_big_labels_tiled_tiff_and_ome_zarr(tmp_path, monkeypatch, lazy_input, suffix):
+    pytest.importorskip("zarr", reason="lazy reading needs zarr (the formats extra)")
     import dask.array as da
 
     import napari_exouptake.io as io
@@ -566,6 +568,7 @@ def test_ome_zarr_units_and_nonsense_sizes(tmp_path, caplog):
 def test_lazy_image_gives_the_same_analysis(tmp_path):
     """The pipeline takes what it needs channel by channel: a lazily read image (dask) gives
     exactly the tables of the same image read into memory."""
+    pytest.importorskip("zarr", reason="lazy reading needs zarr (the formats extra)")
     from napari_exouptake._sample_data import SAMPLE_DIR
     from napari_exouptake.config import load_config
     from napari_exouptake.io import is_lazy

@@ -297,6 +297,7 @@ def test_reader_shows_the_scene_and_time_point_of_each_image(tmp_path, shared_da
 def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
     """Above the lazy-reading limit the reader hands napari dask arrays (read as drawn), with
     the same values and the same features."""
+    pytest.importorskip("zarr", reason="lazy reading needs zarr (the formats extra)")
     import napari_exouptake.io as io
 
     labels, cells, _ = _tiny_results(tmp_path)
