@@ -635,3 +635,16 @@ def test_rgb_scene_and_nan_size_through_the_bioio_path(tmp_path, monkeypatch, ca
     assert img.pixel_size_um is None  # X is NaN: unknown, although Y says 0.5
     assert any("X = nan" in r.getMessage() for r in caplog.records)
     assert img.metadata["scene"] == "Scene #1" and img.metadata["scenes"] == ["Scene_1"]
+
+
+def test_scene_labels_are_safe_and_unique():
+    from napari_exouptake.io import _scene_labels
+
+    assert _scene_labels(["TR1", "Pos 1/A", "Pos 1:A", "", "Image:0", "x.y+z-1"]) == [
+        "TR1",
+        "Pos_1_A",
+        "Pos_1_A_2",
+        "scene3",
+        "Image_0",
+        "x.y+z-1",
+    ]

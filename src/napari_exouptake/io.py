@@ -599,9 +599,14 @@ def _bioformats2raw_series(path: Path) -> list[str] | None:
     return sorted(groups, key=int)
 
 
-def _scene_label(name: str) -> str:
-    """A scene name made safe for file names (``TR1``; ``Pos 1/A`` -> ``Pos_1_A``)."""
-    return re.sub(r"[^\w.+-]+", "_", str(name)).strip("_") or "scene"
+def _scene_labels(names) -> list[str]:
+    """Scene names made safe for file names (``TR1``; ``Pos 1/A`` -> ``Pos_1_A``; an empty
+    name -> ``scene<i>``), unique (a repeat gets ``_<i>``, ``i`` = the scene's index)."""
+    labels = []
+    for i, name in enumerate(names):
+        label = re.sub(r"[^\w.+-]+", "_", str(name)).strip("_") or f"scene{i}"
+        labels.append(label if label not in labels else f"{label}_{i}")
+    return labels
 
 
 def _bioio_reader(path: Path, kind: str):
@@ -648,7 +653,7 @@ def scene_names(path: str | Path) -> list[str] | None:
     groups = _bioformats2raw_series(path) if kind == ".zarr" else None
     if groups is not None:
         return groups
-    return [_scene_label(s) for s in _open_bioio(path, kind).scenes]
+    return _scene_labels(_open_bioio(path, kind).scenes)
 
 
 def _open_bioio(path: Path, kind: str):
@@ -683,7 +688,8 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
     bio = _open_bioio(path, kind)
     version = _plugin_version(kind)
     scenes = [str(s) for s in bio.scenes]
-    index = _scene_index(path, scene, [_scene_label(s) for s in scenes], scenes)
+    labels = _scene_labels(scenes)
+    index = _scene_index(path, scene, labels, scenes)
     where = f"scene {scenes[index]!r} of " if len(scenes) > 1 else ""
     try:
         bio.set_scene(index)
@@ -736,7 +742,7 @@ def _read_bioio(path: Path, kind: str, scene: int | str | None, lazy: bool | Non
         "format": kind.lstrip("."),
         "reader": version,
         "scene": scenes[index],
-        "scenes": [_scene_label(s) for s in scenes],
+        "scenes": labels,
     }
     return replace(img, metadata=meta)
 
