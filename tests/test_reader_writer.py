@@ -233,3 +233,81 @@ def test_reader_and_writer_import_no_qt(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "4"
+
+
+def test_manifest_reader_claims_only_folders_and_bundles(tmp_path):
+    """Our reader is offered for folders (results, bundles) and .zip bundles, never for image
+    files: those belong to napari's own readers (napari-bioio for CZI/ND2/LIF, ...)."""
+    from pathlib import Path
+
+    from npe2 import PluginManager
+
+    import napari_exouptake
+
+    pm = PluginManager()
+    pm.register(str(Path(napari_exouptake.__file__).parent / "napari.yaml"))
+    [reader] = pm.get_manifest("napari-exouptake").contributions.readers
+    assert reader.accepts_directories and reader.filename_patterns == ["*.zip"]
+
+    def offered(path) -> bool:
+        return any(
+            r.command.startswith("napari-exouptake.") for r in pm.iter_compatible_readers(path)
+        )
+
+    for name in ("a.tif", "a.ome.tif", "a.czi", "a.nd2", "a.lif", "a.png"):
+        (tmp_path / name).write_bytes(b"x")
+        assert not offered(str(tmp_path / name)), name
+    (tmp_path / "b.zip").write_bytes(b"x")
+    assert offered(str(tmp_path / "b.zip"))
+    assert offered(str(tmp_path))  # folders: get_reader then decides (results/bundle or None)
+    assert get_reader(str(tmp_path)) is None
+
+
+def test_reader_shows_the_scene_and_time_point_of_each_image(tmp_path, shared_data):
+    """A results folder of a multi-scene CZI: each image's layers come from its own scene and
+    time point (named file[scene]_tNNN), drawn at the file's pixel size."""
+    pytest.importorskip("bioio", reason="the formats extra is not installed")
+    from napari_exouptake.io import read_image
+
+    czi = shared_data / "formats" / "czi" / "S3_1Pos_2Mosaic_T2Z3_CH2_sm.czi"
+    if not czi.is_file():
+        pytest.skip("formats/czi not present")
+    names = {"S3[TR1]_t000": (0, 0), "S3[TR2]_t001": (2, 1)}
+    (tmp_path / "labels").mkdir()
+    rows, run = [], {"config": {}, "images": {}}
+    for name, (scene, t) in names.items():
+        img = read_image(czi, scene=scene)
+        write_labels(tmp_path / "labels" / f"{name}_cells.tif", np.ones(img.data.shape[2:], "u2"))
+        rows.append({"image": name, "source_image": "S3", "series": scene, "t": t})
+        run["images"][name] = {"source": str(czi)}
+    pd.DataFrame(rows).to_csv(tmp_path / "images.csv", index=False)
+    pd.DataFrame({"image": list(names), "cell_id": [1, 1]}).to_csv(
+        tmp_path / "cells.csv", index=False
+    )
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    layers = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    truth = read_image(czi, scene="TR2").frame(1)
+    data, kw = layers["S3[TR2]_t001 EGFP"]
+    assert np.array_equal(np.asarray(data), truth.channel(1))
+    assert kw["scale"] == (1.6, 1.6, 1.6)
+    assert layers["S3[TR1]_t000 DAPI"][0].shape == (3, 122, 295)
+    assert layers["S3[TR2]_t001 cells"][0].shape == (3, 237, 352)
+
+
+def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
+    """Above the lazy-reading limit the reader hands napari dask arrays (read as drawn), with
+    the same values and the same features."""
+    pytest.importorskip("zarr", reason="lazy reading needs zarr (the formats extra)")
+    import napari_exouptake.io as io
+
+    labels, cells, _ = _tiny_results(tmp_path)
+    eager = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", 100)  # the tiny image counts as big
+    lazy = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    for name in ("img cells", "PKH26"):
+        assert io.is_lazy(lazy[name][0]) and not io.is_lazy(eager[name][0])
+        np.testing.assert_array_equal(np.asarray(lazy[name][0]), eager[name][0])
+    assert lazy["PKH26"][1]["contrast_limits"] == eager["PKH26"][1]["contrast_limits"]
+    pd.testing.assert_frame_equal(
+        lazy["img cells"][1]["features"], eager["img cells"][1]["features"]
+    )

@@ -26,7 +26,7 @@ __all__ = ["get_reader", "is_results_folder", "read_results_folder"]
 log = logging.getLogger(__name__)
 
 _COLORMAPS = ("blue", "gray", "magenta", "green", "red", "cyan", "yellow")
-_IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_IMAGE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".ome.zarr")
 
 
 def is_results_folder(path: str | Path) -> bool:
@@ -84,9 +84,40 @@ def _find_image(folder: Path, name: str, run: dict) -> Path | None:
         cand = Path(src)
         if not cand.is_absolute():
             cand = folder / cand
-        if cand.is_file():
+        if cand.exists():  # a file, or an OME-Zarr folder
             return cand
     return None
+
+
+def _read_labels_for_display(path: Path) -> Any:
+    """A label image; a dask array over its tiles when it is bigger than the lazy-reading
+    limit (napari draws the visible part), else a numpy array."""
+    import tifffile
+
+    from . import io
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            big = tif.series[0].nbytes > io.LAZY_ABOVE_BYTES
+    except Exception:  # read_labels gives the proper error
+        big = False
+    return io.read_labels(path, lazy=big)
+
+
+def _stack_position(folder: Path, name: str) -> tuple[int, int]:
+    """(scene, time point) of image ``name`` from ``images.csv`` (0, 0 when not split)."""
+    table = folder / "images.csv"
+    if not table.is_file():
+        return 0, 0
+    try:
+        images = pd.read_csv(table, usecols=lambda c: c in ("image", "series", "t"))
+    except (OSError, ValueError):
+        return 0, 0
+    row = images[images["image"].astype(str) == name] if "image" in images else images.iloc[:0]
+    if row.empty:
+        return 0, 0
+    get = row.iloc[0].get
+    return int(get("series", 0) or 0), int(get("t", 0) or 0)
 
 
 def read_results_folder(path: str | list[str]) -> list[tuple]:
@@ -124,7 +155,9 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
         img_path = _find_image(folder, name, run)
         ndim = 2
         if img_path is not None:
-            img = read_image(img_path)
+            scene, t = _stack_position(folder, name)
+            img = read_image(img_path, scene=scene if scene else None)
+            img = img.frame(min(t, img.n_timepoints - 1))
             chans, ndim, _ = _image_layers(img, f"{name} " if several else "", k == 0)
             layers += chans
             px = img.pixel_size_um or px  # results are drawn over the image: same scale
@@ -134,7 +167,7 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
         table = cells[cells["image"].astype(str) == name] if "image" in cells else cells
         lab_path = folder / "labels" / f"{name}_cells.tif"
         if lab_path.is_file():
-            labels = read_labels(lab_path)
+            labels = _read_labels_for_display(lab_path)
             ndim = 3 if labels.ndim == 3 and labels.shape[0] > 1 else 2
             layers.append(
                 labels_layer_data(
@@ -176,6 +209,8 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
 
 def _image_layers(img: Any, prefix: str, visible: bool) -> tuple[list[tuple], int, tuple]:
     """One image layer per channel of an ImageData (first frame of a time series)."""
+    from .io import is_lazy
+
     data = img.data if img.axes == "CZYX" else img.data[0]
     if data.shape[1] == 1:
         data = data[:, 0]
@@ -183,8 +218,13 @@ def _image_layers(img: Any, prefix: str, visible: bool) -> tuple[list[tuple], in
     scale = (img.pixel_size_um or 1.0,) * ndim
     layers = []
     for c, ch in enumerate(img.channel_names):
-        plane = np.asarray(data[c])
-        lo, hi = np.percentile(plane, [0.5, 99.8])
+        if is_lazy(data[c]):  # a big image stays lazy; contrast from every k-th pixel
+            plane = data[c]
+            step = max(1, int(np.ceil(np.sqrt(plane.size / 4e6))))
+            sample = np.asarray(plane[..., ::step, ::step])
+        else:
+            plane = sample = np.asarray(data[c])
+        lo, hi = np.percentile(sample, [0.5, 99.8])
         kwargs = {
             "name": f"{prefix}{ch}",
             "blending": "additive",

@@ -25,7 +25,8 @@ parts sorted by image name and the merged tables are rewritten, so they are iden
 the history (interrupted, resumed, serial, processes or Dask).
 
 Stacks: every series of a multi-series file (OME multi-image) and every time point is analysed
-on its own; the image name gets ``_s<NN>`` / ``_t<NNN>`` suffixes (only for axes longer than one)
+on its own; the image name gets ``_s<NN>`` (``[<scene>]`` for the named scenes of a CZI, ND2,
+LIF or OME-Zarr file) / ``_t<NNN>`` suffixes (only for axes longer than one)
 and the tables get ``source_image``, ``series`` and ``t`` columns. Z-stacks are analysed as
 volumes, unless ``z_mode="planes"`` or the given labels are 2-D: then each plane is one image
 (``_z<NNN>`` suffix, ``z`` column = plane index).
@@ -55,7 +56,8 @@ import numpy as np
 import pandas as pd
 
 from .config import AssayConfig, ConfigError, config_hash, load_config
-from .io import RASTER_SUFFIXES, TIFF_SUFFIXES, atomic_write
+from .io import BIOIO_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES, atomic_write
+from .io import bioio_suffix as _bioio_suffix
 
 __all__ = [
     "BatchResult",
@@ -76,7 +78,7 @@ log = logging.getLogger(__name__)
 
 #: Version of the part folder layout; a change makes every part stale.
 PART_VERSION = 1
-_IMAGE_SUFFIXES = tuple(s.lower() for s in (*TIFF_SUFFIXES, *RASTER_SUFFIXES))
+_IMAGE_SUFFIXES = tuple(s.lower() for s in (*TIFF_SUFFIXES, *RASTER_SUFFIXES, *BIOIO_SUFFIXES))
 _MANIFEST = "manifest.jsonl"
 _LOG_NAME = "exouptake.log"
 _LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
@@ -111,7 +113,7 @@ class InputFile:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES, *RASTER_SUFFIXES):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *TIFF_SUFFIXES, *RASTER_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -119,6 +121,22 @@ def _stem(path: Path) -> str:
 
 def _is_image(path: Path) -> bool:
     return path.name.lower().endswith(_IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+def _is_input(path: Path) -> bool:
+    """An image file, or a ``.zarr`` folder (an OME-Zarr image is a folder)."""
+    is_store = path.is_dir() and path.name.lower().endswith(".zarr")
+    return (path.is_file() or is_store) and _is_image(path)
+
+
+def _find_images(folder: Path) -> list[Path]:
+    """Images below ``folder``; a ``.zarr`` store is one input, never searched inside."""
+    hits = []
+    for root, dirs, files in os.walk(folder):
+        stores = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")]
+        dirs[:] = [d for d in dirs if d not in stores]
+        hits += [Path(root, n) for n in (*files, *stores) if _is_image(Path(root, n))]
+    return sorted(hits)
 
 
 def collect_inputs(
@@ -130,7 +148,8 @@ def collect_inputs(
     Parameters
     ----------
     inputs : str, Path or sequence of them
-        Image files, folders (every TIFF/PNG/JPEG below them) or glob patterns
+        Image files, folders (every TIFF/PNG/JPEG/CZI/ND2/LIF file and ``.zarr`` store below
+        them) or glob patterns
         (``**`` recurses).
     exclude : sequence of path
         Folders whose files are never inputs (the output folder, a labels folder).
@@ -157,15 +176,17 @@ def collect_inputs(
     found: dict[Path, None] = {}
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            hits = sorted(q for q in p.rglob("*") if q.is_file() and _is_image(q))
+        if p.is_dir() and _bioio_suffix(p) == ".zarr":  # an OME-Zarr store is one input
+            hits = [p]
+        elif p.is_dir():
+            hits = _find_images(p)
             if not hits:
-                log.warning("%s: folder holds no TIFF/PNG/JPEG image", p)
+                log.warning("%s: folder holds no TIFF/PNG/JPEG/CZI/ND2/LIF/OME-Zarr image", p)
         elif p.is_file():
             hits = [p]
         elif glob.has_magic(str(item)):
             hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
-            hits = [h for h in hits if h.is_file() and _is_image(h)]
+            hits = [h for h in hits if _is_input(h)]
             if not hits:
                 raise FileNotFoundError(f"input pattern {str(item)!r} matches no image file")
         else:
@@ -314,17 +335,17 @@ class _LabelsIndex:
             raise FileNotFoundError(f"--labels {str(self.path)!r}: no such file or folder")
 
     def for_name(self, name: str) -> list[Path]:
-        """Label files that may belong to input ``name`` (``<name>_*``): part of its key."""
+        """Label files that may belong to input ``name`` (``<name>_*``, ``<name>[*``): its key."""
         if self.path is None:
             return []
         if self.path.is_file():
             return [self.path]
-        prefix = f"{name}_"
-        i = bisect.bisect_left(self.files, prefix)
         out = []
-        while i < len(self.files) and self.files[i].startswith(prefix):
-            out.append(self.path / self.files[i])
-            i += 1
+        for prefix in (f"{name}_", f"{name}["):  # file_t000_cells.tif, file[scene]_cells.tif
+            i = bisect.bisect_left(self.files, prefix)
+            while i < len(self.files) and self.files[i].startswith(prefix):
+                out.append(self.path / self.files[i])
+                i += 1
         return out
 
 
@@ -456,7 +477,10 @@ def _worker_logging(out: str) -> None:
 # -- reading stacks ----------------------------------------------------------------------------
 
 
-def _n_series(path: Path) -> int:
+def _n_series(path: Path, first=None) -> int:
+    scenes = first.metadata.get("scenes") if first is not None else None
+    if scenes:  # CZI/ND2/LIF/OME-Zarr: the reader's scenes
+        return len(scenes)
     if not path.name.lower().endswith(TIFF_SUFFIXES):
         return 1
     import tifffile
@@ -476,6 +500,8 @@ def _read_series(path: Path, series: int, axes: str | None, first):
 
     from . import io
 
+    if first.metadata.get("scenes"):  # CZI/ND2/LIF/OME-Zarr scene
+        return io.read_image(path, axes, scene=series)
     with tifffile.TiffFile(path) as tif:
         s = tif.series[series]
         data = s.asarray()
@@ -505,13 +531,15 @@ def _units(task: _Task, labels_z: Callable[[str, int, int], bool]) -> Iterator[_
 
     path = Path(task.path)
     first = read_image(path, axes=task.config.axes)  # series 0, and the file's metadata
-    n_s = _n_series(path)
+    n_s = _n_series(path, first)
+    scenes = first.metadata.get("scenes")  # named scenes: file[<scene>], else file_s<NN>
     for s in range(n_s):
         img = first if s == 0 else _read_series(path, s, task.config.axes, first)
         n_t = img.n_timepoints
+        series = (f"[{scenes[s]}]" if scenes else f"_s{s:02d}") if n_s > 1 else ""
         for t in range(n_t):
             frame = img.frame(t)
-            name = task.name + (f"_s{s:02d}" if n_s > 1 else "") + (f"_t{t:03d}" if n_t > 1 else "")
+            name = task.name + series + (f"_t{t:03d}" if n_t > 1 else "")
             n_z = frame.data.shape[1]
             planes = n_z > 1 and (
                 task.z_mode == "planes" or (task.z_mode == "auto" and labels_z(name, t, n_t))

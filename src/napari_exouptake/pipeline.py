@@ -257,6 +257,7 @@ def analyze_image(
             "spots_detection": _detection_provenance(spots_df.attrs),
             "pixel_size_um": pixel_size,
             "channels": ch.model_dump(),
+            "image_metadata": _image_metadata(image),
             "source": str(image.source) if image.source else None,
             "timings_s": timings,
         },
@@ -268,6 +269,20 @@ def analyze_image(
     timings["total"] = time.perf_counter() - t0
     step("done", 1.0)
     return result
+
+
+def _image_metadata(image: ImageData) -> dict:
+    """What the file says about itself (run.json): channel names, pixel size and Z step in um
+    (None = unknown), format, and for CZI/ND2/LIF/OME-Zarr the reader and the scene."""
+    meta = {
+        "channel_names": list(image.channel_names),
+        "pixel_size_um": image.pixel_size_um,
+        "z_step_um": image.z_step_um,
+    }
+    meta.update(
+        {k: image.metadata[k] for k in ("format", "reader", "scene") if k in image.metadata}
+    )
+    return meta
 
 
 def _detection_provenance(attrs: dict) -> dict:

@@ -115,7 +115,9 @@ def cells_features(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _squeeze_labels(labels: np.ndarray, ndim: int) -> np.ndarray:
-    lab = np.asarray(labels)
+    from ..io import is_lazy
+
+    lab = labels if is_lazy(labels) else np.asarray(labels)  # big label images stay dask
     if lab.ndim == 3 and ndim == 2 and lab.shape[0] == 1:
         return lab[0]
     return lab
