@@ -484,3 +484,272 @@ def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_pat
     )
     assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
     assert_same_tables(reference, out)
+
+
+# -- results that cannot be mixed or lost (issue 19) --------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+
+
+def _analyze_cmd(sim: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "napari_exouptake.cli",
+        "analyze",
+        str(images),
+        "--config",
+        str(sim / "config.yaml"),
+        "--out",
+        str(out),
+        "--labels",
+        str(sim / "labels"),
+        *extra,
+    ]
+
+
+def test_second_run_on_a_locked_out_gets_one_line_and_exit_2(sim, tmp_path):
+    out = tmp_path / "out"
+    with batch.run_lock(out, "analyze"):
+        # another process: refused before touching anything
+        proc = subprocess.run(
+            _analyze_cmd(sim, sim / "images", out),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2
+        err = proc.stderr.strip().splitlines()
+        assert err[-1].startswith("exouptake analyze: error: --out")
+        assert "in use by another run" in err[-1] and f"pid {os.getpid()}" in err[-1]
+        assert "Traceback" not in proc.stderr
+        assert not (out / "parts").exists() and not (out / "cells.csv").exists()
+        rec = json.loads((out / ".exouptake.lock").read_text())
+        assert rec["pid"] == os.getpid() and rec["released"] is False
+    assert json.loads((out / ".exouptake.lock").read_text())["released"] is True
+
+
+def test_lock_of_a_killed_run_is_taken_over(sim, tmp_path, caplog):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from napari_exouptake import batch\n"
+            f"with batch.run_lock({str(out)!r}, 'analyze'):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(batch.RunLockedError, match=f"pid {holder.pid}"):
+            with batch.run_lock(out):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+    finally:
+        holder.wait(timeout=30)
+    assert json.loads((out / ".exouptake.lock").read_text())["released"] is False
+    with caplog.at_level("WARNING", logger="napari_exouptake"):
+        res = analyze_batch(
+            sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+        )
+    assert res.exit_code == 0
+    assert f"taking over the run lock" in caplog.text and f"pid {holder.pid}" in caplog.text
+
+
+def test_merge_refuses_parts_of_another_config_or_input(sim, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    before = {n: (out / n).read_bytes() for n in TABLES}
+    cfg = load_config(sim / "config.yaml")
+    # one part made with another detection setting (as a second run on OUT would leave)
+    meta_path = out / "parts" / names[2] / "part.json"
+    meta = json.loads(meta_path.read_text())
+    other = cfg.with_updates(spots={"radius_px": 2.0})
+    meta["key"]["analysis_sha256"] = analysis_hash(other)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(batch.MixedPartsError, match=f"{names[2]}.*another config"):
+        batch.merge_parts(out, names, cfg)
+    assert {n: (out / n).read_bytes() for n in TABLES} == before  # the old set stays
+    # with the run's keys, another version of the input file is refused too
+    meta["key"]["analysis_sha256"] = analysis_hash(cfg)
+    keys = {n: json.loads((out / "parts" / n / "part.json").read_text())["key"] for n in names}
+    keys[names[2]] = {**meta["key"], "input": {**meta["key"]["input"], "size": 1}}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(batch.MixedPartsError, match="another version of the input file"):
+        batch.merge_parts(out, names, cfg, keys=keys)
+    assert batch.merge_parts(out, names, cfg)["cells"] == out / "cells.csv"
+    assert_same_tables(reference, out)
+
+
+def _tables(out: Path) -> tuple[bytes, ...]:
+    return tuple((out / n).read_bytes() for n in TABLES)
+
+
+def test_sigkill_during_merge_leaves_the_old_or_the_new_set(sim, reference, tmp_path):
+    """Merges alternating two positivity rules, killed at random moments with SIGKILL."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    cfg_a = load_config(sim / "config.yaml")
+    cfg_b = cfg_a.with_updates(
+        positivity={"exosome": {"method": "fixed", "value": 3, "metric": "exo_spot_count"}}
+    )
+    set_a = _tables(reference)
+    batch.merge_parts(out, names, cfg_b)
+    set_b = _tables(out)
+    assert set_a != set_b
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for _ in range(12):
+        pid = os.fork()
+        if pid == 0:  # child: merge for ever, alternating the two configs
+            try:
+                while True:
+                    for c in (cfg_a, cfg_b):
+                        batch.merge_parts(out, names, c)
+            finally:
+                os._exit(0)
+        time.sleep(float(rng.uniform(0.02, 0.6)))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        now = _tables(out)
+        assert now in (set_a, set_b), "tables of two merges side by side"
+        kinds.add(now == set_a)
+        run = json.loads((out / "run.json").read_text())
+        is_b = run["config"]["positivity"]["exosome"]["value"] == 3
+        assert is_b == (now == set_b), "run.json of another merge than the tables"
+        leftovers = list((out / ".results").glob(".*")) + list(out.glob(".*.tmp"))
+        kinds.add(("leftovers", bool(leftovers)))
+    # the kills hit both tables and the middle of a merge (temporary generations left)
+    assert {True, False, ("leftovers", True)} <= kinds, kinds
+    # the next merge (or run) removes what killed merges left
+    batch.merge_parts(out, names, cfg_a)
+    assert _tables(out) == set_a
+    assert [p.name for p in (out / ".results").iterdir() if p.name != "current"] == [
+        os.readlink(out / ".results" / "current")
+    ]
+    assert not list(out.glob(".*.tmp"))
+    for name in ("cells.csv", "labels", "run.json"):
+        assert (out / name).is_symlink() and (out / name).exists()
+
+
+def _fork_pool(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setattr(batch, "_mp_context", lambda: mp.get_context("fork"))
+
+
+def test_dead_worker_fails_only_its_image_after_one_retry(sim, tmp_path, monkeypatch):
+    """A worker killed by SIGKILL (the OOM killer's signal) while it holds one image."""
+    _fork_pool(monkeypatch)
+    real = batch._run_task
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def run_task(task):
+        mark = tries / task.name
+        n = len(mark.read_text()) if mark.exists() else 0
+        mark.write_text("x" * (n + 1))
+        if task.name == "ev_high_002" or (task.name == "dye_only_001" and n == 0):
+            os.kill(os.getpid(), signal.SIGKILL)  # always / only on the first try
+        return real(task)
+
+    monkeypatch.setattr(batch, "_run_task", run_task)
+    out = tmp_path / "out"
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2, progress=False
+    )
+    assert list(res.failed) == ["ev_high_002"]
+    assert "died twice while analysing" in res.failed["ev_high_002"]
+    assert "ev_high_002.ome.tif" in res.failed["ev_high_002"]
+    assert "SIGKILL" in res.failed["ev_high_002"]
+    assert len(res.done) == 5 and "dye_only_001" in res.done
+    assert (tries / "ev_high_002").read_text() == "xx" and (tries / "dye_only_001").read_text() == "xx"
+    assert pd.read_csv(out / "failures.csv")["image"].tolist() == ["ev_high_002"]
+    assert len(pd.read_csv(out / "images.csv")) == 5
+    assert res.exit_code == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_the_main_process(sim, tmp_path, sig):
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(5):  # 30 images: the run is still going when it is killed
+        for f in (sim / "images").iterdir():
+            os.link(f, images / f"r{k}_{f.name}")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for k in range(5):
+        for f in (sim / "labels").iterdir():
+            os.link(f, labels / f"r{k}_{f.name}")
+    out = tmp_path / "out"
+    cmd = _analyze_cmd(sim, images, out, "--workers", "2")
+    cmd[cmd.index("--labels") + 1] = str(labels)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.jsonl").is_file():
+            assert proc.poll() is None, "the run ended before its first image was recorded"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        family = _descendants(proc.pid)
+        assert len(family) >= 2, family  # fork server and workers
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in family if _alive(p)], "worker processes outlived the main process"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert json.loads((out / ".exouptake.lock").read_text())["released"] is True
+    n_done = (out / "manifest.jsonl").read_text().count("\n")
+    time.sleep(1.0)  # nothing writes parts any more
+    assert (out / "manifest.jsonl").read_text().count("\n") == n_done
+    n_parts = len(list((out / "parts").glob("*/part.json")))
+    time.sleep(0.5)
+    assert len(list((out / "parts").glob("*/part.json"))) == n_parts < 30
