@@ -753,3 +753,95 @@ def test_workers_die_with_the_main_process(sim, tmp_path, sig):
     n_parts = len(list((out / "parts").glob("*/part.json")))
     time.sleep(0.5)
     assert len(list((out / "parts").glob("*/part.json"))) == n_parts < 30
+
+
+def _huge_tiff(path: Path) -> None:
+    """A 0.5 MB tiled TIFF whose header declares 100,000 x 100,000 pixels."""
+    tifffile.imwrite(path, np.zeros((512, 512), np.uint16), tile=(256, 256))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for tag in ("ImageWidth", "ImageLength"):
+            tif.pages[0].tags[tag].overwrite(100_000)
+
+
+def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
+    import resource
+
+    from napari_exouptake.io import ImageTooLargeError, check_pixel_count
+
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    _huge_tiff(images / "huge.tif")
+    assert (images / "huge.tif").stat().st_size < 1_000_000
+    with pytest.raises(ImageTooLargeError, match=r"declares 10,000,000,000 pixels"):
+        check_pixel_count(images / "huge.tif", 10**9)
+    assert check_pixel_count(images / "ev_high_002.ome.tif", 10**9) == 5 * 160 * 160
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = analyze_batch(
+        images,
+        sim / "config.yaml",
+        tmp_path / "out",
+        labels=sim / "labels",
+        progress=False,
+        max_pixels=10**8,
+    )
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert list(res.failed) == ["huge"] and len(res.done) == 6
+    assert "more than the limit of 100,000,000" in res.failed["huge"]
+    assert grown_mb < 200, grown_mb  # nothing like the 20 GB the header asks for
+    # the default comes from the available memory
+    assert batch.default_max_pixels(1) > batch.default_max_pixels(4) >= 1 << 20
+    with pytest.raises(BatchUsageError, match="max_pixels"):
+        analyze_batch(images, sim / "config.yaml", tmp_path / "o2", max_pixels=0)
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "name_too_long", "lock_is_a_folder"])
+def test_output_file_system_errors_are_one_line_exit_2(sim, tmp_path, capsys, case):
+    from napari_exouptake.cli import main
+
+    if case == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out"
+    elif case == "name_too_long":
+        out = tmp_path / ("r" * 300)
+    else:
+        out = tmp_path / "out"
+        (out / ".exouptake.lock").mkdir(parents=True)
+    code = main(
+        [
+            "analyze",
+            str(sim / "images"),
+            "--config",
+            str(sim / "config.yaml"),
+            "--out",
+            str(out),
+            "--labels",
+            str(sim / "labels"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("exouptake analyze: error: ")
+    assert str(tmp_path) in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    out = images / "results"  # inside the input folder, as users do
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    assert res.exit_code == 0 and len(res.inputs) == 6
+    # a second run elsewhere on the same folder does not read the first one's outputs
+    res = analyze_batch(
+        images, sim / "config.yaml", images / "results2", labels=sim / "labels", progress=False
+    )
+    assert len(res.inputs) == 6
+    assert len(collect_inputs([images])) == 6
+    assert collect_inputs([str(images / "**" / "*.tif")])[0].path.parent == images
+    # an input removed: its labels and overlays leave the published results too
+    (images / "ev_high_002.ome.tif").unlink()
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    assert len(res.inputs) == 5
+    assert not list((out / "labels").glob("ev_high_002*"))
+    assert not list((out / "qc").glob("ev_high_002*"))
+    assert len(list((out / "labels").glob("*_cells.tif"))) == 5
