@@ -180,6 +180,20 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
     assert res.done == ["ev_high_002"] and len(res.skipped) == 5
 
+    # an edit that keeps the size and the modification time is found by the content hash
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    img = images / "dye_only_001.ome.tif"
+    st = img.stat()
+    data = bytearray(img.read_bytes())
+    data[-1] ^= 0xFF  # last byte of the file (pixel data or IFD), same size
+    img.write_bytes(bytes(data))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert img.stat().st_mtime_ns == st.st_mtime_ns and img.stat().st_size == st.st_size
+    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    assert "dye_only_001" in res.done + list(res.failed) and len(res.skipped) == 5
+
 
 def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     images = tmp_path / "images"
@@ -214,7 +228,9 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
         sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels, progress=False
     )
     assert list(res.failed) == ["untreated_000"]
-    assert "no label image for 'untreated_000'" in res.failed["untreated_000"]
+    assert res.failed["untreated_000"].endswith(
+        f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif)"
+    )
 
 
 def test_cli_usage_errors_exit_2(sim, tmp_path, capsys):

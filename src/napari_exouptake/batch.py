@@ -532,9 +532,31 @@ def analysis_hash(config: AssayConfig) -> str:
     return config_hash(AssayConfig.from_dict(data))
 
 
+#: Bytes read from each end of a file for its content fingerprint.
+_ENDS_BYTES = 1 << 20
+
+
 def _fingerprint(path: Path) -> dict[str, Any]:
+    """Path, size, modification time and SHA-256 of the first and last MiB plus the size.
+
+    The content part catches edits that keep the size and time (a copy with ``cp -p``, a tool
+    that restores the time stamp); reading 2 MiB keeps it cheap for big images.
+    """
+    import hashlib
+
     st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256(str(st.st_size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(_ENDS_BYTES))
+        if st.st_size > _ENDS_BYTES:
+            fh.seek(max(st.st_size - _ENDS_BYTES, _ENDS_BYTES))
+            h.update(fh.read(_ENDS_BYTES))
+    return {
+        "path": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ends_sha256": h.hexdigest(),
+    }
 
 
 class _LabelsIndex:
@@ -819,9 +841,11 @@ class _LabelSource:
         if p is None:
             if kind == "nuclei":
                 return None
+            looked = " and ".join(
+                f"{stem}_cells.tif" for stem in dict.fromkeys((unit.name, base, self.file_name))
+            )
             raise FileNotFoundError(
-                f"no label image for {unit.name!r} in {self.path} (looked for "
-                f"{unit.name}_cells.tif and {self.file_name}_cells.tif)"
+                f"no label image for {unit.name!r} in {self.path} (looked for {looked})"
             )
         arr = self._read(p)
         if p.name.startswith(f"{unit.name}_"):
