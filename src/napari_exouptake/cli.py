@@ -155,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except OSError as exc:  # file-system trouble (permissions, disk full): one line, exit 2
         where = f" {str(exc.filename)!r}" if exc.filename else ""
-        print(
-            f"exouptake {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr
-        )
+        print(f"exouptake {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("exouptake: interrupted", file=sys.stderr)
