@@ -1221,6 +1221,8 @@ def _execute_dask(tasks: Sequence[_Task], workers: int, scheduler: str) -> Itera
             # return memory after every large array: page faults on every image (measured:
             # ~25% more CPU per image than a plain worker process). Keep glibc's default.
             "distributed.nanny.pre-spawn-environ": {},
+            # a task whose worker died is retried once, then fails alone (KilledWorker)
+            "distributed.scheduler.allowed-failures": 1,
         }
         with dask.config.set(settings):
             _dask_forkserver_preload()
