@@ -810,11 +810,23 @@ def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
         analyze_batch(images, sim / "config.yaml", tmp_path / "o2", max_pixels=0)
 
 
-@pytest.mark.parametrize("case", ["under_a_file", "name_too_long", "lock_is_a_folder"])
-def test_output_file_system_errors_are_one_line_exit_2(sim, tmp_path, capsys, case):
+@pytest.mark.parametrize("case", ["under_a_file", "name_too_long", "lock_is_a_folder", "read_only"])
+def test_output_file_system_errors_are_one_line_exit_2(sim, tmp_path, capsys, monkeypatch, case):
+    import errno
+
     from napari_exouptake.cli import main
 
-    if case == "under_a_file":
+    if case == "read_only":  # tests run as root, where chmod cannot make a folder read-only
+        out = tmp_path / "out"
+        real_open = os.open
+
+        def read_only_open(path, flags, *args, **kwargs):
+            if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only_open)
+    elif case == "under_a_file":
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "out"
     elif case == "name_too_long":
@@ -839,6 +851,8 @@ def test_output_file_system_errors_are_one_line_exit_2(sim, tmp_path, capsys, ca
     assert err[-1].startswith("exouptake analyze: error: ")
     assert str(tmp_path) in err[-1]
     assert not any("Traceback" in line for line in err)
+    if case == "read_only":
+        assert err[-1].endswith("read-only file system")
 
 
 def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, tmp_path):
