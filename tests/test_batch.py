@@ -867,6 +867,14 @@ def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, 
     )
     assert len(res.inputs) == 6
     assert len(collect_inputs([images])) == 6
+    # editing a published label image in place never changes the part it came from
+    published = out / "labels" / "untreated_000_cells.tif"
+    part_file = out / "parts" / "untreated_000" / "labels" / "untreated_000_cells.tif"
+    before = part_file.read_bytes()
+    with published.open("r+b") as fh:
+        fh.seek(len(before) - 1)
+        fh.write(bytes([before[-1] ^ 0xFF]))
+    assert part_file.read_bytes() == before and published.read_bytes() != before
     assert collect_inputs([str(images / "**" / "*.tif")])[0].path.parent == images
     # an input removed: its labels and overlays leave the published results too
     (images / "ev_high_002.ome.tif").unlink()

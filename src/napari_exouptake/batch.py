@@ -1314,13 +1314,21 @@ def _new_generation(out: Path) -> Path:
     return gen
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (parts never change once renamed into place), else copy."""
+def _place(src: Path, dst: Path, prev: Path | None) -> None:
+    """Put a part's file ``src`` into a generation as ``dst``.
+
+    The previous generation's copy ``prev`` is hard-linked when it is still that file (same
+    size, not older); otherwise ``src`` is copied, never linked, so an edit of a published
+    label image in place can never change the part it came from.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    if prev is not None:
+        with contextlib.suppress(OSError):
+            s, d = src.stat(), prev.stat()
+            if s.st_size == d.st_size and d.st_mtime_ns >= s.st_mtime_ns:
+                os.link(prev, dst)
+                return
+    shutil.copyfile(src, dst)
 
 
 def _publish(out: Path, gen: Path) -> None:
@@ -1618,15 +1626,17 @@ def _merge_into(
     paths["cells"] = write_table(cells, gen / "cells")[0]
     paths["spots"] = write_table(spots, gen / "spots", formats=("csv",))[0]
     paths["images"] = write_table(images, gen / "images", formats=("csv",))[0]
+    prev = _current_generation(out)
     for r in results:  # only this run's images: labels of removed inputs do not linger
         pdir = files_of[r.image]
-        for kind in ("cells", "nuclei"):
-            src = pdir / "labels" / f"{r.image}_{kind}.tif"
+        for sub, name in (
+            ("labels", f"{r.image}_cells.tif"),
+            ("labels", f"{r.image}_nuclei.tif"),
+            ("qc", f"{r.image}_overlay.png"),
+        ):
+            src = pdir / sub / name
             if src.is_file():
-                _link_or_copy(src, gen / "labels" / src.name)
-        src = pdir / "qc" / f"{r.image}_overlay.png"
-        if src.is_file():
-            _link_or_copy(src, gen / "qc" / src.name)
+                _place(src, gen / sub / name, prev / sub / name if prev else None)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
