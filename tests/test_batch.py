@@ -883,3 +883,44 @@ def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, 
     assert not list((out / "labels").glob("ev_high_002*"))
     assert not list((out / "qc").glob("ev_high_002*"))
     assert len(list((out / "labels").glob("*_cells.tif"))) == 5
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_with_different_configs_never_mix(sim, tmp_path):
+    """The issue's reproduction: a second run with another radius_px on the same --out."""
+    images = tmp_path / "images"
+    labels = tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for k in range(4):
+        for f in (sim / "images").iterdir():
+            os.link(f, images / f"r{k}_{f.name}")
+        for f in (sim / "labels").iterdir():
+            os.link(f, labels / f"r{k}_{f.name}")
+    cfg_b = tmp_path / "b.yaml"
+    save_config(load_config(sim / "config.yaml").with_updates(spots={"radius_px": 2.0}), cfg_b)
+    out = tmp_path / "out"
+    cmd_a = _analyze_cmd(sim, images, out)
+    cmd_a[cmd_a.index("--labels") + 1] = str(labels)
+    cmd_b = list(cmd_a)
+    cmd_b[cmd_b.index("--config") + 1] = str(cfg_b)
+    run_a = subprocess.Popen(cmd_a, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.jsonl").is_file():
+            assert run_a.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        run_b = subprocess.run(cmd_b, env=_env(), capture_output=True, text=True, timeout=120)
+        assert run_a.poll() is None, "run A ended before run B tried: the test proves nothing"
+        assert run_b.returncode == 2
+        assert "in use by another run" in run_b.stderr.strip().splitlines()[-1]
+        assert run_a.wait(timeout=300) == 0
+    finally:
+        if run_a.poll() is None:
+            run_a.kill()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["spots"]["radius_px"] == load_config(sim / "config.yaml").spots.radius_px
+    want = analysis_hash(load_config(sim / "config.yaml"))
+    keys = [json.loads(p.read_text())["key"] for p in (out / "parts").glob("*/part.json")]
+    assert len(keys) == 24 and {k["analysis_sha256"] for k in keys} == {want}
+    assert len(pd.read_csv(out / "images.csv")) == 24
