@@ -460,6 +460,19 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
     res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
     assert res.done == ["ev_high_002"]
 
+    # segmentation and analysis results never overwrite each other
+    with pytest.raises(BatchUsageError, match="lies in the results of --out"):
+        analyze_batch(sim / "images", sim / "config.yaml", out, labels=out / "labels")
+    seg_files = sorted(p.name for p in (out / "labels").iterdir())
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+    )
+    assert res.exit_code == 0 and (out / "labels").is_symlink()
+    kept = list(out.glob("labels.old-*"))
+    assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == seg_files
+    with pytest.raises(BatchUsageError, match="holds results of `exouptake analyze`"):
+        segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+
 
 def test_missing_model_is_a_usage_error(sim, tmp_path):
     cfg = load_config(sim / "config.yaml").with_updates(

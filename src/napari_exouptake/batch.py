@@ -1365,7 +1365,12 @@ def _publish(out: Path, gen: Path) -> None:
             continue
         if link.is_symlink() and os.readlink(link) == want:
             continue
-        if link.exists() or link.is_symlink():  # a file of an older version: move it aside
+        if link.is_dir() and not link.is_symlink():  # a folder of an older version or of
+            # `exouptake segment`: kept beside, never deleted
+            aside = out / f"{name}.old-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(link, aside)
+            log.warning("%s: the earlier folder %s/ was moved to %s/", out, name, aside.name)
+        elif link.exists() or link.is_symlink():  # a table of an older version: replaced
             aside = root / f".legacy-{name}-{uuid.uuid4().hex[:8]}.old"
             os.replace(link, aside)
         tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -1999,6 +2004,13 @@ def analyze_batch(
         if sample_sheet is not None and not isinstance(sample_sheet, pd.DataFrame):
             sheet = load_sample_sheet(sample_sheet)
         index = _LabelsIndex(labels)
+        if labels is not None and any(
+            _under(labels, out / name) for name in _PUBLISHED if (out / name).exists()
+        ):
+            raise BatchUsageError(
+                f"--labels {str(labels)!r} lies in the results of --out {str(out)!r}, which "
+                "this run replaces; use another --out"
+            )
         limit = _pixel_limit(max_pixels, workers)
         result = BatchResult(out=out, inputs=files)
         with run_lock(out, "analyze"), _log_to_file(out / _LOG_NAME):
@@ -2160,6 +2172,11 @@ def segment_batch(
         result = BatchResult(out=out, inputs=files)
         none = _LabelsIndex(None)
         limit = _pixel_limit(max_pixels, workers)
+        if (out / _RESULTS).exists():
+            raise BatchUsageError(
+                f"--out {str(out)!r} holds results of `exouptake analyze`; write the "
+                "segmentation to another folder"
+            )
         with run_lock(out, "segment"), _log_to_file(out / _LOG_NAME):
             log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
             tasks = [
