@@ -1052,7 +1052,13 @@ def _worker_main(conn: Any, main_pid: int) -> None:
             return
         if task is None:
             return
-        conn.send(_run_task(task))
+        outcome = _run_task(task)
+        try:
+            conn.send(outcome)
+        except (OSError, EOFError):
+            return  # the main process is gone
+        except Exception as exc:  # an outcome that does not pickle: report, do not die
+            conn.send(_crashed(task, f"cannot send the result back ({type(exc).__name__}: {exc})"))
 
 
 def _death(exitcode: int | None) -> str:
@@ -1783,8 +1789,10 @@ def default_max_pixels(workers: int = 1) -> int | None:
     return max(int(avail / max(workers, 1) / BYTES_PER_PIXEL), 1 << 20)
 
 
-def _pixel_limit(max_pixels: int | None, workers: int) -> int | None:
+def _pixel_limit(max_pixels: int | None, workers: int, scheduler: str | None) -> int | None:
     if max_pixels is None:
+        if scheduler not in (None, "local"):
+            return None  # a remote cluster's memory is not this machine's
         return default_max_pixels(workers)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise BatchUsageError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
@@ -2011,7 +2019,7 @@ def analyze_batch(
                 f"--labels {str(labels)!r} lies in the results of --out {str(out)!r}, which "
                 "this run replaces; use another --out"
             )
-        limit = _pixel_limit(max_pixels, workers)
+        limit = _pixel_limit(max_pixels, workers, scheduler)
         result = BatchResult(out=out, inputs=files)
         with run_lock(out, "analyze"), _log_to_file(out / _LOG_NAME):
             executor = (
@@ -2171,7 +2179,7 @@ def segment_batch(
         _check_model(config, scheduler)
         result = BatchResult(out=out, inputs=files)
         none = _LabelsIndex(None)
-        limit = _pixel_limit(max_pixels, workers)
+        limit = _pixel_limit(max_pixels, workers, scheduler)
         if (out / _RESULTS).exists():
             raise BatchUsageError(
                 f"--out {str(out)!r} holds results of `exouptake analyze`; write the "
