@@ -220,6 +220,18 @@ def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     assert res.exit_code == 0 and res.done == [] and not (out / "failures.csv").exists()
 
 
+def test_bool_image_fails_with_a_clear_message(sim, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    mask = np.zeros((3, 64, 64), bool)
+    mask[:, 10:30, 10:30] = True
+    tifffile.imwrite(images / "mask.tif", mask)
+    res = analyze_batch(
+        images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels", progress=False
+    )
+    assert "a true/false (binary mask) image, not an intensity image" in res.failed["mask"]
+
+
 def test_missing_labels_fail_that_image(sim, tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(sim / "labels", labels)

@@ -286,6 +286,11 @@ def read_image(path: str | Path, axes: str | None = None) -> ImageData:
         ) from exc
     if image.data.size == 0:
         raise ImageReadError(f"{path}: the image holds no pixels (shape {image.data.shape})")
+    if image.data.dtype == np.bool_:
+        raise ImageReadError(
+            f"{path}: a true/false (binary mask) image, not an intensity image; a mask or "
+            "label image belongs in --labels"
+        )
     return image
 
 
