@@ -1365,8 +1365,8 @@ def _publish(out: Path, gen: Path) -> None:
     for name in _PUBLISHED:
         link = out / name
         want = f"{_RESULTS}/{_CURRENT}/{name}"
-        if not (final / name).exists():
-            if link.is_symlink():
+        if not (final / name).exists():  # e.g. failures.csv of an earlier run
+            if link.is_symlink() or link.is_file():
                 link.unlink()
             continue
         if link.is_symlink() and os.readlink(link) == want:
