@@ -1982,8 +1982,9 @@ def analyze_batch(
     on_progress : callable(done: int, total: int, image: str), optional
         Called after each image finishes (for a GUI progress bar).
     cancel : callable() -> bool, optional
-        Checked after each image; when True, images not started are dropped, finished ones
-        are kept and merged, and ``BatchResult.cancelled`` is set (a rerun resumes).
+        Checked after each image; when True, images not started are dropped (with local
+        worker processes, the ones in progress are stopped too), finished ones are kept and
+        merged, and ``BatchResult.cancelled`` is set (a rerun resumes).
     max_pixels : int, optional
         Largest image (pixels of one file's series: C x Z x Y x X x T) a worker may decode;
         larger files fail with a clear message before any pixel is read. Default: from the
