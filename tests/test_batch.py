@@ -919,7 +919,7 @@ def test_two_concurrent_runs_with_different_configs_never_mix(sim, tmp_path):
     labels = tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
-    for k in range(4):
+    for k in range(10):  # 60 images: run A is still going when run B starts
         for f in (sim / "images").iterdir():
             os.link(f, images / f"r{k}_{f.name}")
         for f in (sim / "labels").iterdir():
@@ -949,5 +949,5 @@ def test_two_concurrent_runs_with_different_configs_never_mix(sim, tmp_path):
     assert run["config"]["spots"]["radius_px"] == load_config(sim / "config.yaml").spots.radius_px
     want = analysis_hash(load_config(sim / "config.yaml"))
     keys = [json.loads(p.read_text())["key"] for p in (out / "parts").glob("*/part.json")]
-    assert len(keys) == 24 and {k["analysis_sha256"] for k in keys} == {want}
-    assert len(pd.read_csv(out / "images.csv")) == 24
+    assert len(keys) == 60 and {k["analysis_sha256"] for k in keys} == {want}
+    assert len(pd.read_csv(out / "images.csv")) == 60
