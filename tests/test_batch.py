@@ -180,6 +180,20 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
     assert res.done == ["ev_high_002"] and len(res.skipped) == 5
 
+    # an edit that keeps the size and the modification time is found by the content hash
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    img = images / "dye_only_001.ome.tif"
+    st = img.stat()
+    data = bytearray(img.read_bytes())
+    data[-1] ^= 0xFF  # last byte of the file (pixel data or IFD), same size
+    img.write_bytes(bytes(data))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert img.stat().st_mtime_ns == st.st_mtime_ns and img.stat().st_size == st.st_size
+    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    assert "dye_only_001" in res.done + list(res.failed) and len(res.skipped) == 5
+
 
 def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     images = tmp_path / "images"
@@ -206,6 +220,18 @@ def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     assert res.exit_code == 0 and res.done == [] and not (out / "failures.csv").exists()
 
 
+def test_bool_image_fails_with_a_clear_message(sim, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    mask = np.zeros((3, 64, 64), bool)
+    mask[:, 10:30, 10:30] = True
+    tifffile.imwrite(images / "mask.tif", mask)
+    res = analyze_batch(
+        images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels", progress=False
+    )
+    assert "a true/false (binary mask) image, not an intensity image" in res.failed["mask"]
+
+
 def test_missing_labels_fail_that_image(sim, tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(sim / "labels", labels)
@@ -214,7 +240,9 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
         sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels, progress=False
     )
     assert list(res.failed) == ["untreated_000"]
-    assert "no label image for 'untreated_000'" in res.failed["untreated_000"]
+    assert res.failed["untreated_000"].endswith(
+        f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif)"
+    )
 
 
 def test_cli_usage_errors_exit_2(sim, tmp_path, capsys):
@@ -444,6 +472,19 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
     res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
     assert res.done == ["ev_high_002"]
 
+    # segmentation and analysis results never overwrite each other
+    with pytest.raises(BatchUsageError, match="lies in the results of --out"):
+        analyze_batch(sim / "images", sim / "config.yaml", out, labels=out / "labels")
+    seg_files = sorted(p.name for p in (out / "labels").iterdir())
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+    )
+    assert res.exit_code == 0 and (out / "labels").is_symlink()
+    kept = list(out.glob("labels.old-*"))
+    assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == seg_files
+    with pytest.raises(BatchUsageError, match="holds results of `exouptake analyze`"):
+        segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+
 
 def test_missing_model_is_a_usage_error(sim, tmp_path):
     cfg = load_config(sim / "config.yaml").with_updates(
@@ -484,3 +525,429 @@ def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_pat
     )
     assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
     assert_same_tables(reference, out)
+
+
+# -- results that cannot be mixed or lost (issue 19) --------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+
+
+def _analyze_cmd(sim: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "napari_exouptake.cli",
+        "analyze",
+        str(images),
+        "--config",
+        str(sim / "config.yaml"),
+        "--out",
+        str(out),
+        "--labels",
+        str(sim / "labels"),
+        *extra,
+    ]
+
+
+def test_second_run_on_a_locked_out_gets_one_line_and_exit_2(sim, tmp_path):
+    out = tmp_path / "out"
+    with batch.run_lock(out, "analyze"):
+        # another process: refused before touching anything
+        proc = subprocess.run(
+            _analyze_cmd(sim, sim / "images", out),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2
+        err = proc.stderr.strip().splitlines()
+        assert err[-1].startswith("exouptake analyze: error: --out")
+        assert "in use by another run" in err[-1] and f"pid {os.getpid()}" in err[-1]
+        assert "Traceback" not in proc.stderr
+        assert not (out / "parts").exists() and not (out / "cells.csv").exists()
+        rec = json.loads((out / ".exouptake.lock").read_text())
+        assert rec["pid"] == os.getpid() and rec["released"] is False
+    assert json.loads((out / ".exouptake.lock").read_text())["released"] is True
+
+
+def test_lock_of_a_killed_run_is_taken_over(sim, tmp_path, caplog):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from napari_exouptake import batch\n"
+            f"with batch.run_lock({str(out)!r}, 'analyze'):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(batch.RunLockedError, match=f"pid {holder.pid}"), batch.run_lock(out):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+    finally:
+        holder.wait(timeout=30)
+    assert json.loads((out / ".exouptake.lock").read_text())["released"] is False
+    with caplog.at_level("WARNING", logger="napari_exouptake"):
+        res = analyze_batch(
+            sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
+        )
+    assert res.exit_code == 0
+    assert "taking over the run lock" in caplog.text and f"pid {holder.pid}" in caplog.text
+
+
+def test_merge_refuses_parts_of_another_config_or_input(sim, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    before = {n: (out / n).read_bytes() for n in TABLES}
+    cfg = load_config(sim / "config.yaml")
+    # one part made with another detection setting (as a second run on OUT would leave)
+    meta_path = out / "parts" / names[2] / "part.json"
+    meta = json.loads(meta_path.read_text())
+    other = cfg.with_updates(spots={"radius_px": 2.0})
+    meta["key"]["analysis_sha256"] = analysis_hash(other)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(batch.MixedPartsError, match=f"{names[2]}.*another config"):
+        batch.merge_parts(out, names, cfg)
+    assert {n: (out / n).read_bytes() for n in TABLES} == before  # the old set stays
+    # with the run's keys, another version of the input file is refused too
+    meta["key"]["analysis_sha256"] = analysis_hash(cfg)
+    keys = {n: json.loads((out / "parts" / n / "part.json").read_text())["key"] for n in names}
+    keys[names[2]] = {**meta["key"], "input": {**meta["key"]["input"], "size": 1}}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(batch.MixedPartsError, match="another version of the input file"):
+        batch.merge_parts(out, names, cfg, keys=keys)
+    assert batch.merge_parts(out, names, cfg)["cells"] == out / "cells.csv"
+    assert_same_tables(reference, out)
+
+
+def _tables(out: Path) -> tuple[bytes, ...]:
+    return tuple((out / n).read_bytes() for n in TABLES)
+
+
+@pytest.mark.slow
+def test_sigkill_during_merge_leaves_the_old_or_the_new_set(sim, reference, tmp_path):
+    """Merges alternating two positivity rules, killed at random moments with SIGKILL."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    cfg_a = load_config(sim / "config.yaml")
+    cfg_b = cfg_a.with_updates(
+        positivity={"exosome": {"method": "fixed", "value": 3, "metric": "exo_spot_count"}}
+    )
+    set_a = _tables(reference)
+    batch.merge_parts(out, names, cfg_b)
+    set_b = _tables(out)
+    assert set_a != set_b
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for i in range(12):
+        order = (cfg_a, cfg_b) if i % 2 else (cfg_b, cfg_a)
+        pid = os.fork()
+        if pid == 0:  # child: merge for ever, alternating the two configs
+            try:
+                while True:
+                    for c in order:
+                        batch.merge_parts(out, names, c)
+            finally:
+                os._exit(0)
+        time.sleep(float(rng.uniform(0.02, 1.0)))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        now = _tables(out)
+        assert now in (set_a, set_b), "tables of two merges side by side"
+        kinds.add(now == set_a)
+        run = json.loads((out / "run.json").read_text())
+        is_b = run["config"]["positivity"]["exosome"]["value"] == 3
+        assert is_b == (now == set_b), "run.json of another merge than the tables"
+        leftovers = list((out / ".results").glob(".*")) + list(out.glob(".*.tmp"))
+        kinds.add(("leftovers", bool(leftovers)))
+    # the kills hit both tables and the middle of a merge (temporary generations left)
+    assert {True, False, ("leftovers", True)} <= kinds, kinds
+    # the next merge (or run) removes what killed merges left
+    batch.merge_parts(out, names, cfg_a)
+    assert _tables(out) == set_a
+    assert [p.name for p in (out / ".results").iterdir() if p.name != "current"] == [
+        os.readlink(out / ".results" / "current")
+    ]
+    assert not list(out.glob(".*.tmp"))
+    for name in ("cells.csv", "labels", "run.json"):
+        assert (out / name).is_symlink() and (out / name).exists()
+
+
+def _fork_pool(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setattr(batch, "_mp_context", lambda: mp.get_context("fork"))
+
+
+def test_dead_worker_fails_only_its_image_after_one_retry(sim, tmp_path, monkeypatch):
+    """A worker killed by SIGKILL (the OOM killer's signal) while it holds one image."""
+    _fork_pool(monkeypatch)
+    real = batch._run_task
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def run_task(task):
+        mark = tries / task.name
+        n = len(mark.read_text()) if mark.exists() else 0
+        mark.write_text("x" * (n + 1))
+        if task.name == "ev_high_002" or (task.name == "dye_only_001" and n == 0):
+            os.kill(os.getpid(), signal.SIGKILL)  # always / only on the first try
+        return real(task)
+
+    monkeypatch.setattr(batch, "_run_task", run_task)
+    out = tmp_path / "out"
+    res = analyze_batch(
+        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2, progress=False
+    )
+    assert list(res.failed) == ["ev_high_002"]
+    assert "died twice while analysing" in res.failed["ev_high_002"]
+    assert "ev_high_002.ome.tif" in res.failed["ev_high_002"]
+    assert "SIGKILL" in res.failed["ev_high_002"]
+    assert len(res.done) == 5 and "dye_only_001" in res.done
+    assert (tries / "ev_high_002").read_text() == "xx"  # first try and the one retry
+    assert (tries / "dye_only_001").read_text() == "xx"
+    assert pd.read_csv(out / "failures.csv")["image"].tolist() == ["ev_high_002"]
+    assert len(pd.read_csv(out / "images.csv")) == 5
+    assert res.exit_code == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_the_main_process(sim, tmp_path, sig):
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(5):  # 30 images: the run is still going when it is killed
+        for f in (sim / "images").iterdir():
+            os.link(f, images / f"r{k}_{f.name}")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for k in range(5):
+        for f in (sim / "labels").iterdir():
+            os.link(f, labels / f"r{k}_{f.name}")
+    out = tmp_path / "out"
+    cmd = _analyze_cmd(sim, images, out, "--workers", "2")
+    cmd[cmd.index("--labels") + 1] = str(labels)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.jsonl").is_file():
+            assert proc.poll() is None, "the run ended before its first image was recorded"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        family = _descendants(proc.pid)
+        assert len(family) >= 2, family  # fork server and workers
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in family if _alive(p)], "worker processes outlived the main process"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert json.loads((out / ".exouptake.lock").read_text())["released"] is True
+    n_done = (out / "manifest.jsonl").read_text().count("\n")
+    time.sleep(1.0)  # nothing writes parts any more
+    assert (out / "manifest.jsonl").read_text().count("\n") == n_done
+    n_parts = len(list((out / "parts").glob("*/part.json")))
+    time.sleep(0.5)
+    assert len(list((out / "parts").glob("*/part.json"))) == n_parts < 30
+
+
+def _huge_tiff(path: Path) -> None:
+    """A 0.5 MB tiled TIFF whose header declares 100,000 x 100,000 pixels."""
+    tifffile.imwrite(path, np.zeros((512, 512), np.uint16), tile=(256, 256))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for tag in ("ImageWidth", "ImageLength"):
+            tif.pages[0].tags[tag].overwrite(100_000)
+
+
+def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
+    import resource
+
+    from napari_exouptake.io import ImageTooLargeError, check_pixel_count
+
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    _huge_tiff(images / "huge.tif")
+    assert (images / "huge.tif").stat().st_size < 1_000_000
+    with pytest.raises(ImageTooLargeError, match=r"declares 10,000,000,000 pixels"):
+        check_pixel_count(images / "huge.tif", 10**9)
+    assert check_pixel_count(images / "ev_high_002.ome.tif", 10**9) == 5 * 160 * 160
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = analyze_batch(
+        images,
+        sim / "config.yaml",
+        tmp_path / "out",
+        labels=sim / "labels",
+        progress=False,
+        max_pixels=10**8,
+    )
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert list(res.failed) == ["huge"] and len(res.done) == 6
+    assert "more than the limit of 100,000,000" in res.failed["huge"]
+    assert grown_mb < 200, grown_mb  # nothing like the 20 GB the header asks for
+    # the default comes from the available memory
+    assert batch.default_max_pixels(1) > batch.default_max_pixels(4) >= 1 << 20
+    with pytest.raises(BatchUsageError, match="max_pixels"):
+        analyze_batch(images, sim / "config.yaml", tmp_path / "o2", max_pixels=0)
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "name_too_long", "lock_is_a_folder", "read_only"])
+def test_output_file_system_errors_are_one_line_exit_2(sim, tmp_path, capsys, monkeypatch, case):
+    import errno
+
+    from napari_exouptake.cli import main
+
+    if case == "read_only":  # tests run as root, where chmod cannot make a folder read-only
+        out = tmp_path / "out"
+        real_open = os.open
+
+        def read_only_open(path, flags, *args, **kwargs):
+            if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only_open)
+    elif case == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out"
+    elif case == "name_too_long":
+        out = tmp_path / ("r" * 300)
+    else:
+        out = tmp_path / "out"
+        (out / ".exouptake.lock").mkdir(parents=True)
+    code = main(
+        [
+            "analyze",
+            str(sim / "images"),
+            "--config",
+            str(sim / "config.yaml"),
+            "--out",
+            str(out),
+            "--labels",
+            str(sim / "labels"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("exouptake analyze: error: ")
+    assert str(tmp_path) in err[-1]
+    assert not any("Traceback" in line for line in err)
+    if case == "read_only":
+        assert err[-1].endswith("read-only file system")
+
+
+def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(sim / "images", images)
+    out = images / "results"  # inside the input folder, as users do
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    assert res.exit_code == 0 and len(res.inputs) == 6
+    # a second run elsewhere on the same folder does not read the first one's outputs
+    res = analyze_batch(
+        images, sim / "config.yaml", images / "results2", labels=sim / "labels", progress=False
+    )
+    assert len(res.inputs) == 6
+    assert len(collect_inputs([images])) == 6
+    # editing a published label image in place never changes the part it came from
+    published = out / "labels" / "untreated_000_cells.tif"
+    part_file = out / "parts" / "untreated_000" / "labels" / "untreated_000_cells.tif"
+    before = part_file.read_bytes()
+    with published.open("r+b") as fh:
+        fh.seek(len(before) - 1)
+        fh.write(bytes([before[-1] ^ 0xFF]))
+    assert part_file.read_bytes() == before and published.read_bytes() != before
+    assert collect_inputs([str(images / "**" / "*.tif")])[0].path.parent == images
+    # an input removed: its labels and overlays leave the published results too
+    (images / "ev_high_002.ome.tif").unlink()
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    assert len(res.inputs) == 5
+    assert not list((out / "labels").glob("ev_high_002*"))
+    assert not list((out / "qc").glob("ev_high_002*"))
+    assert len(list((out / "labels").glob("*_cells.tif"))) == 5
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_with_different_configs_never_mix(sim, tmp_path):
+    """The issue's reproduction: a second run with another radius_px on the same --out."""
+    images = tmp_path / "images"
+    labels = tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for k in range(10):  # 60 images: run A is still going when run B starts
+        for f in (sim / "images").iterdir():
+            os.link(f, images / f"r{k}_{f.name}")
+        for f in (sim / "labels").iterdir():
+            os.link(f, labels / f"r{k}_{f.name}")
+    cfg_b = tmp_path / "b.yaml"
+    save_config(load_config(sim / "config.yaml").with_updates(spots={"radius_px": 2.0}), cfg_b)
+    out = tmp_path / "out"
+    cmd_a = _analyze_cmd(sim, images, out)
+    cmd_a[cmd_a.index("--labels") + 1] = str(labels)
+    cmd_b = list(cmd_a)
+    cmd_b[cmd_b.index("--config") + 1] = str(cfg_b)
+    run_a = subprocess.Popen(cmd_a, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.jsonl").is_file():
+            assert run_a.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        run_b = subprocess.run(cmd_b, env=_env(), capture_output=True, text=True, timeout=120)
+        assert run_a.poll() is None, "run A ended before run B tried: the test proves nothing"
+        assert run_b.returncode == 2
+        assert "in use by another run" in run_b.stderr.strip().splitlines()[-1]
+        assert run_a.wait(timeout=300) == 0
+    finally:
+        if run_a.poll() is None:
+            run_a.kill()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["spots"]["radius_px"] == load_config(sim / "config.yaml").spots.radius_px
+    want = analysis_hash(load_config(sim / "config.yaml"))
+    keys = [json.loads(p.read_text())["key"] for p in (out / "parts").glob("*/part.json")]
+    assert len(keys) == 60 and {k["analysis_sha256"] for k in keys} == {want}
+    assert len(pd.read_csv(out / "images.csv")) == 60

@@ -522,3 +522,124 @@ def test_segmentation_bundle_compares_labels(sim_dir, tmp_path, monkeypatch):
     assert not res["segmentation.ap50"].ok
     assert res["segmentation.ap50"].score < 0.9
     assert "images.n_cells" in report.failed_metrics
+
+
+# -- hostile bundles and fetches (issue 19) ---------------------------------------------------
+def _bundle_zip_plus(bundle_dir: Path, out: Path, extra: dict[str, bytes], *, level=6) -> Path:
+    """The bundle zipped, plus members not in its checksums (deflated at ``level``)."""
+    datasets._write_zip(bundle_dir, out)
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    return out
+
+
+def test_zip_bomb_member_refused_before_writing(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images/a.tif", b"\0" * (64 * 1024**2))  # 64 MiB -> about 64 kB
+    assert bomb.stat().st_size < 200_000
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(DatasetError, match=r"ratio 10\d\d, limit 100\); refusing a possible"):
+        datasets.safe_extract(bomb, work / "b")
+    assert _listing(work) == set()  # nothing written, no staging folder
+    # many small members that add up: the whole archive's ratio counts too
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(5):
+            zf.writestr(f"m{i}.bin", b"\0" * (4 * 1024**2))
+    with pytest.raises(DatasetError, match="would unpack 20971520 bytes"):
+        datasets.safe_extract(many, work / "m")
+    assert _listing(work) == set()
+
+
+def test_unlisted_member_refused_before_extracting(bundle_dir, tmp_path):
+    z = _bundle_zip_plus(bundle_dir, tmp_path / "b.zip", {"images/extra.bin": os.urandom(4096)})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(DatasetError, match="'images/extra.bin' is not listed in checksums"):
+        datasets.open_bundle(z, extract_to=work / "x")
+    assert _listing(work) == set()
+    assert main(["dataset", "verify", str(z)]) == 2
+    # a zip without checksums.sha256 is not a bundle
+    plain = _zip_with(tmp_path / "plain.zip", [("dataset.yaml", b"name: x\n", None)])
+    with pytest.raises(DatasetError, match="no checksums.sha256"):
+        datasets.verify_bundle(plain)
+
+
+def test_extracted_folders_have_ordinary_modes(bundle_zip, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        dest = datasets.safe_extract(bundle_zip, tmp_path / "b", listed_only=True)
+    finally:
+        os.umask(umask)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [dest, *dest.rglob("*")] if p.is_dir()}
+    assert modes == {0o755}
+
+
+def _serve(folder: Path):
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    return server, thread, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_fetch_limits_dead_urls_and_rejected_bundles(bundle_dir, bundle_zip, tmp_path, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(bundle_zip, site / "good.zip")
+    # listed, so it extracts, but one file's bytes differ from its checksum
+    tampered = _copy(bundle_dir, tmp_path)
+    (tampered / "truth_cells.csv").write_text("image,cell_id,n_spots\nx,1,2\n")
+    datasets._write_zip(tampered, site / "tampered.zip")
+    _bundle_zip_plus(bundle_dir, site / "unlisted.zip", {"junk.bin": b"x" * 100})
+    server, thread, base = _serve(site)
+    cache = tmp_path / "cache"
+    try:
+        size = bundle_zip.stat().st_size
+        with pytest.raises(DatasetError, match="more than the download limit"):
+            datasets.fetch_bundle(
+                f"{base}/good.zip", _sha(bundle_zip), cache_dir=cache, max_bytes=size - 1
+            )
+        assert not list(cache.rglob("*.zip")) and not list(cache.rglob("*.part"))
+        root = datasets.fetch_bundle(f"{base}/good.zip", _sha(bundle_zip), cache_dir=cache)
+        assert datasets.verify_bundle(root) == []
+        # the hash is cached, the URL is dead: an error that names the cached copy
+        with pytest.raises(DatasetError, match="HTTP 404.*in the cache"):
+            datasets.fetch_bundle(f"{base}/gone.zip", _sha(bundle_zip), cache_dir=cache)
+        code = main(
+            [
+                "dataset",
+                "fetch",
+                f"{base}/gone.zip",
+                "--sha256",
+                _sha(bundle_zip),
+                "--out",
+                str(tmp_path / "o0"),
+            ]
+        )
+        assert code == 1 and "fetched" not in capsys.readouterr().out
+        # a zip refused on extraction leaves the cache; a bundle failing verification --out
+        for name, message in (("unlisted", "not listed"), ("tampered", "failed verification")):
+            out = tmp_path / f"o_{name}"
+            with pytest.raises(DatasetError, match=message):
+                datasets.fetch_bundle(
+                    f"{base}/{name}.zip", _sha(site / f"{name}.zip"), out, cache_dir=cache
+                )
+            assert not out.exists(), name
+            assert not (cache / "downloads" / f"{_sha(site / f'{name}.zip')[:16]}.zip").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    # file:// URLs: the cap and the dead-URL rule too
+    url = (site / "good.zip").resolve().as_uri()
+    with pytest.raises(DatasetError, match="download limit"):
+        datasets.fetch_bundle(url, _sha(bundle_zip), cache_dir=tmp_path / "c2", max_bytes=10)
+    (site / "good.zip").unlink()
+    with pytest.raises(DatasetError, match="no such file.*in the cache"):
+        datasets.fetch_bundle(url, _sha(bundle_zip), cache_dir=cache)

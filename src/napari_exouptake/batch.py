@@ -44,10 +44,12 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +65,19 @@ __all__ = [
     "BatchResult",
     "BatchUsageError",
     "InputFile",
+    "MixedPartsError",
+    "OutputError",
     "PART_VERSION",
+    "RunLockedError",
     "analysis_hash",
     "analyze_batch",
     "collect_inputs",
+    "default_max_pixels",
+    "is_output_folder",
     "load_sample_sheet",
     "merge_parts",
     "run_analyze",
+    "run_lock",
     "run_segment",
     "segment_batch",
 ]
@@ -88,6 +96,193 @@ SHEET_KEYS = ("image", "pattern", "file")
 
 class BatchUsageError(ConfigError):
     """A mistake in the batch's arguments (inputs, sample sheet, workers): exit code 2."""
+
+
+# -- run lock ----------------------------------------------------------------------------------
+
+_LOCK_NAME = ".exouptake.lock"
+_HELD: set[tuple[str, int]] = set()
+
+
+class RunLockedError(BatchUsageError):
+    """Another exouptake run holds the ``--out`` folder (exit code 2)."""
+
+
+class OutputError(BatchUsageError):
+    """The output folder cannot be written (permissions, disk full, name too long): exit 2."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot, Linux), to tell reused pids apart."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    """True when process ``pid`` of this host runs (and is the same process as at ``start``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a killed process not yet reaped by its parent is a zombie: dead for us
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    now = _proc_start(pid)
+    return start is None or now is None or now == start
+
+
+def _describe_holder(rec: dict[str, Any]) -> str:
+    return (
+        f"`exouptake {rec.get('command', '?')}`, pid {rec.get('pid', '?')} on host "
+        f"{rec.get('host', '?')}, started {rec.get('started', '?')}"
+    )
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path, command: str = "analyze") -> Iterator[None]:
+    """Hold the exclusive run lock of ``out`` (``OUT/.exouptake.lock``) for the block.
+
+    The lock is an ``flock`` on the lock file, which the kernel releases whatever way the
+    process ends (even SIGKILL); the file also records the holder's pid, host and start time.
+    A lock left by a process that no longer runs (same host, pid gone or reused) is taken over
+    with a warning; one held by a live run, or by a run on another host that did not release it,
+    refuses the new run.
+
+    Inside the block, SIGTERM (when this is the main thread) raises ``SystemExit(143)``, so a
+    plain ``kill`` runs the clean-up (workers stopped, lock released) too.
+
+    Raises
+    ------
+    RunLockedError
+        Another run holds ``out``.
+    OutputError
+        The lock file cannot be created.
+    """
+    out = Path(out)
+    path = out / _LOCK_NAME
+    ident = (str(out.resolve()), threading.get_ident())
+    if ident in _HELD:  # this thread holds it already (merge_parts inside analyze_batch)
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
+    owned = False
+    old_term = None
+    try:
+        flocked = False
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flocked = True
+        except BlockingIOError:
+            holder = _read_lock_fd(fd)
+            raise RunLockedError(
+                f"--out {str(out)!r} is in use by another run ({_describe_holder(holder)}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        except (ImportError, OSError):  # no flock here (Windows, some network file systems)
+            pass
+        prev = _read_lock_fd(fd)
+        host = platform.node()
+        if prev and not prev.get("released"):
+            same_host = prev.get("host") == host
+            pid = prev.get("pid")
+            if same_host and isinstance(pid, int) and pid != os.getpid():
+                if _pid_alive(pid, prev.get("proc_start")) and not flocked:
+                    raise RunLockedError(
+                        f"--out {str(out)!r} is in use by another run ({_describe_holder(prev)}); "
+                        "wait for it to finish, or choose another --out"
+                    )
+            elif not same_host and not flocked:
+                raise RunLockedError(
+                    f"--out {str(out)!r} is locked by a run on another host "
+                    f"({_describe_holder(prev)}); if that run is over, delete {path} and rerun"
+                )
+            log.warning(
+                "%s: taking over the run lock left by a run that ended without releasing it (%s)",
+                out,
+                _describe_holder(prev),
+            )
+        rec = {
+            "command": command,
+            "pid": os.getpid(),
+            "host": host,
+            "proc_start": _proc_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "released": False,
+        }
+        _write_lock_fd(fd, rec)
+        owned = True
+        _HELD.add(ident)
+        if threading.current_thread() is threading.main_thread():
+            old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        yield
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if owned:
+            _HELD.discard(ident)
+            with contextlib.suppress(OSError):
+                _write_lock_fd(fd, {**rec, "released": True})
+        os.close(fd)  # releases the flock
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    log.warning("terminated (SIGTERM): stopping the workers; finished images are kept")
+    raise SystemExit(128 + signum)
+
+
+def _read_lock_fd(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        rec = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _write_lock_fd(fd: int, rec: dict[str, Any]) -> None:
+    data = json.dumps(rec, sort_keys=True).encode("utf-8")
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.ftruncate(fd, 0)
+    os.write(fd, data)
+    os.fsync(fd)
+
+
+def _output_error(exc: OSError, out: Path | None = None) -> OutputError:
+    """One line naming the path and the reason (permission, disk full, name too long ...)."""
+    import errno
+
+    where = exc.filename or out
+    reason = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EEXIST: "a file of that name is in the way",
+        errno.EISDIR: "a folder of that name is in the way",
+    }.get(exc.errno or -1, exc.strerror or str(exc))
+    verb = "write the output" if out is None or _under(where, out) else "read"
+    return OutputError(f"cannot {verb} {str(where)!r}: {reason}")
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -127,16 +322,6 @@ def _is_input(path: Path) -> bool:
     """An image file, or a ``.zarr`` folder (an OME-Zarr image is a folder)."""
     is_store = path.is_dir() and path.name.lower().endswith(".zarr")
     return (path.is_file() or is_store) and _is_image(path)
-
-
-def _find_images(folder: Path) -> list[Path]:
-    """Images below ``folder``; a ``.zarr`` store is one input, never searched inside."""
-    hits = []
-    for root, dirs, files in os.walk(folder):
-        stores = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")]
-        dirs[:] = [d for d in dirs if d not in stores]
-        hits += [Path(root, n) for n in (*files, *stores) if _is_image(Path(root, n))]
-    return sorted(hits)
 
 
 def collect_inputs(
@@ -179,14 +364,14 @@ def collect_inputs(
         if p.is_dir() and _bioio_suffix(p) == ".zarr":  # an OME-Zarr store is one input
             hits = [p]
         elif p.is_dir():
-            hits = _find_images(p)
+            hits = _images_below(p)
             if not hits:
                 log.warning("%s: folder holds no TIFF/PNG/JPEG/CZI/ND2/LIF/OME-Zarr image", p)
         elif p.is_file():
             hits = [p]
         elif glob.has_magic(str(item)):
             hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
-            hits = [h for h in hits if _is_input(h)]
+            hits = [h for h in hits if _is_input(h) and not _in_output(h)]
             if not hits:
                 raise FileNotFoundError(f"input pattern {str(item)!r} matches no image file")
         else:
@@ -199,6 +384,56 @@ def collect_inputs(
             "no input images found in " + ", ".join(repr(str(i)) for i in inputs)
         )
     return _unique_names(sorted(found))
+
+
+def is_output_folder(folder: str | Path) -> bool:
+    """True for a folder written by ``exouptake analyze``/``segment`` (never read as input).
+
+    Recognised by its run lock, manifest or results generations, or by ``run.json`` beside
+    ``cells.csv`` (older runs, dataset reference results).
+    """
+    d = Path(folder)
+    return (
+        (d / _LOCK_NAME).is_file()
+        or (d / _MANIFEST).is_file()
+        or (d / _RESULTS).is_dir()
+        or ((d / "run.json").is_file() and (d / "cells.csv").is_file())
+    )
+
+
+def _in_output(path: Path) -> bool:
+    return any(is_output_folder(d) for d in path.resolve().parents)
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """Image files and ``.zarr`` stores below ``folder``, leaving out exouptake output folders
+    and hidden ones."""
+    if is_output_folder(folder) or _in_output(folder):
+        log.warning("%s is an exouptake output folder; its files are not inputs", folder)
+        return []
+    hits: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        d = Path(dirpath)
+        real = os.path.realpath(d)
+        if real in seen:  # a linked folder met twice (or a link loop)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for sub in sorted(dirs):
+            if sub.startswith("."):
+                continue
+            if is_output_folder(d / sub):
+                log.info("%s: an exouptake output folder, not read as input", d / sub)
+                continue
+            if sub.lower().endswith(".zarr"):  # an OME-Zarr store is one input, not searched
+                hits.append(d / sub)
+                continue
+            keep.append(sub)
+        dirs[:] = keep
+        hits.extend(d / f for f in files if _is_image(d / f) and (d / f).is_file())
+    return sorted(hits)
 
 
 def _unique_names(paths: Sequence[Path]) -> list[InputFile]:
@@ -312,9 +547,31 @@ def analysis_hash(config: AssayConfig) -> str:
     return config_hash(AssayConfig.from_dict(data))
 
 
+#: Bytes read from each end of a file for its content fingerprint.
+_ENDS_BYTES = 1 << 20
+
+
 def _fingerprint(path: Path) -> dict[str, Any]:
+    """Path, size, modification time and SHA-256 of the first and last MiB plus the size.
+
+    The content part catches edits that keep the size and time (a copy with ``cp -p``, a tool
+    that restores the time stamp); reading 2 MiB keeps it cheap for big images.
+    """
+    import hashlib
+
     st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256(str(st.st_size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(_ENDS_BYTES))
+        if st.st_size > _ENDS_BYTES:
+            fh.seek(max(st.st_size - _ENDS_BYTES, _ENDS_BYTES))
+            h.update(fh.read(_ENDS_BYTES))
+    return {
+        "path": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ends_sha256": h.hexdigest(),
+    }
 
 
 class _LabelsIndex:
@@ -360,6 +617,7 @@ class _Task:
     labels: str | None = None
     z_mode: str = "auto"
     overlays: bool = True
+    max_pixels: int | None = None
 
 
 def _key(
@@ -527,9 +785,11 @@ class _Unit:
 
 def _units(task: _Task, labels_z: Callable[[str, int, int], bool]) -> Iterator[_Unit]:
     """Every analysable (C, Z, Y, X) image of one file, with its name."""
-    from .io import read_image
+    from .io import check_pixel_count, read_image
 
     path = Path(task.path)
+    if task.max_pixels is not None:
+        check_pixel_count(path, task.max_pixels)  # from the header, before decoding
     first = read_image(path, axes=task.config.axes)  # series 0, and the file's metadata
     n_s = _n_series(path, first)
     scenes = first.metadata.get("scenes")  # named scenes: file[<scene>], else file_s<NN>
@@ -603,9 +863,11 @@ class _LabelSource:
         if p is None:
             if kind == "nuclei":
                 return None
+            looked = " and ".join(
+                f"{stem}_cells.tif" for stem in dict.fromkeys((unit.name, base, self.file_name))
+            )
             raise FileNotFoundError(
-                f"no label image for {unit.name!r} in {self.path} (looked for "
-                f"{unit.name}_cells.tif and {self.file_name}_cells.tif)"
+                f"no label image for {unit.name!r} in {self.path} (looked for {looked})"
             )
         arr = self._read(p)
         if p.name.startswith(f"{unit.name}_"):
@@ -775,25 +1037,167 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[str, Any]]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+def _die_with_parent(main_pid: int) -> None:
+    """In a worker: end when the main process ends, however it ends (SIGKILL included).
 
+    On Linux the kernel sends SIGKILL when the parent (the fork server, which itself exits when
+    the main process is gone) dies (``PR_SET_PDEATHSIG``); everywhere a watchdog thread checks
+    once a second that the main process still runs.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent or not _pid_alive(main_pid, None):
+                os._exit(1)
+
+    if not _pid_alive(main_pid, None):
+        os._exit(1)
+    threading.Thread(target=watch, name="exouptake-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: Any, main_pid: int) -> None:
+    """A local worker process: run the tasks sent over ``conn`` one at a time."""
+    _die_with_parent(main_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        outcome = _run_task(task)
+        try:
+            conn.send(outcome)
+        except (OSError, EOFError):
+            return  # the main process is gone
+        except Exception as exc:  # an outcome that does not pickle: report, do not die
+            conn.send(_crashed(task, f"cannot send the result back ({type(exc).__name__}: {exc})"))
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (the system may have run out of memory)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: Any
+    conn: Any
+    task: _Task | None = None
+
+
+def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[str, Any]]:
+    """Local worker processes, one image at a time each.
+
+    A worker that dies (out of memory, a crash in a codec) fails only the image it held: that
+    image is retried once in a fresh worker, then recorded as failed; the other images go on.
+    Workers end with the main process (see :func:`_die_with_parent`); leaving the generator
+    (cancel, Ctrl-C, SIGTERM) stops them.
+    """
+    from collections import deque
+    from multiprocessing.connection import wait
+
+    ctx = _mp_context()
     n = min(workers, len(tasks))
     log.info("running %d image(s) on %d local worker processes", len(tasks), n)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+    pending = deque(tasks)
+    deaths: dict[str, int] = {}
+    pool: list[_Worker] = []
+
+    def start() -> _Worker:
+        parent_conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(
+            target=_worker_main, args=(child_conn, os.getpid()), name="exouptake-worker"
+        )
+        proc.start()
+        child_conn.close()
+        w = _Worker(proc, parent_conn)
+        pool.append(w)
+        return w
+
+    def retire(w: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            w.conn.close()
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(5)
+        pool.remove(w)
+
     try:
-        futures = {pool.submit(_run_task, t): t for t in tasks}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                yield fut.result()
-            except BrokenProcessPool as exc:
-                yield _crashed(task, f"worker process died ({exc}); out of memory?")
-            except Exception as exc:
-                yield _crashed(task, f"{type(exc).__name__}: {exc}")
-    finally:  # on an interrupt, drop the images not started yet
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _ in range(n):
+            start()
+        while pending or any(w.task is not None for w in pool):
+            for w in [w for w in pool if w.task is None]:
+                if not pending:
+                    break
+                task = pending.popleft()
+                try:
+                    w.conn.send(task)
+                    w.task = task
+                except (OSError, EOFError):  # died while idle: not this image's fault
+                    pending.appendleft(task)
+                    retire(w)
+                    start()
+            busy = [w for w in pool if w.task is not None]
+            ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+            for w in busy:
+                if w.conn not in ready and w.proc.sentinel not in ready:
+                    continue
+                outcome = None
+                with contextlib.suppress(EOFError, OSError):
+                    if w.conn.poll():
+                        outcome = w.conn.recv()
+                task, w.task = w.task, None
+                if outcome is not None:
+                    yield outcome
+                    continue
+                # no outcome: the process died while holding this image
+                w.proc.join(5)
+                why = _death(w.proc.exitcode)
+                retire(w)
+                deaths[task.name] = deaths.get(task.name, 0) + 1
+                if deaths[task.name] == 1:
+                    log.warning(
+                        "%s: the worker process died while analysing %s (%s); retrying it "
+                        "once in a fresh worker",
+                        task.name,
+                        task.path,
+                        why,
+                    )
+                    pending.appendleft(task)
+                else:
+                    yield _crashed(
+                        task,
+                        f"the worker process died twice while analysing {task.path} ({why}); "
+                        "too large for the memory? see --max-pixels",
+                    )
+                if pending:
+                    start()
+    finally:  # normal end, cancel, Ctrl-C or SIGTERM: stop every worker
+        for w in list(pool):
+            if w.task is None:
+                with contextlib.suppress(Exception):
+                    w.conn.send(None)
+        deadline = time.monotonic() + 5
+        for w in list(pool):
+            if w.task is None:
+                w.proc.join(max(deadline - time.monotonic(), 0))
+            retire(w)
 
 
 def _crashed(task: _Task, msg: str) -> dict[str, Any]:
@@ -845,6 +1249,8 @@ def _execute_dask(tasks: Sequence[_Task], workers: int, scheduler: str) -> Itera
             # return memory after every large array: page faults on every image (measured:
             # ~25% more CPU per image than a plain worker process). Keep glibc's default.
             "distributed.nanny.pre-spawn-environ": {},
+            # a task whose worker died is retried once, then fails alone (KilledWorker)
+            "distributed.scheduler.allowed-failures": 1,
         }
         with dask.config.set(settings):
             _dask_forkserver_preload()
@@ -888,15 +1294,173 @@ def _execute_dask(tasks: Sequence[_Task], workers: int, scheduler: str) -> Itera
             cluster.close()
 
 
+# -- publishing the merged tables as one unit -------------------------------------------------
+
+_RESULTS = ".results"
+_CURRENT = "current"
+#: What one results generation holds; ``OUT/<name>`` points into the current generation.
+_PUBLISHED = (
+    "cells.csv",
+    "cells.parquet",
+    "spots.csv",
+    "images.csv",
+    "failures.csv",
+    "run.json",
+    "labels",
+    "qc",
+)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder below ``root`` (so a power cut cannot tear the set)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _new_generation(out: Path) -> Path:
+    """A fresh, empty results folder ``OUT/.results/.gen-<time>-<id>.tmp`` (not yet published)."""
+    root = out / _RESULTS
+    root.mkdir(exist_ok=True)
+    gen = root / f".gen-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.tmp"
+    gen.mkdir()
+    return gen
+
+
+def _place(src: Path, dst: Path, prev: Path | None) -> None:
+    """Put a part's file ``src`` into a generation as ``dst``.
+
+    The previous generation's copy ``prev`` is hard-linked when it is still that file (same
+    size, not older); otherwise ``src`` is copied, never linked, so an edit of a published
+    label image in place can never change the part it came from.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if prev is not None:
+        with contextlib.suppress(OSError):
+            s, d = src.stat(), prev.stat()
+            if s.st_size == d.st_size and d.st_mtime_ns >= s.st_mtime_ns:
+                os.link(prev, dst)
+                return
+    shutil.copyfile(src, dst)
+
+
+def _publish(out: Path, gen: Path) -> None:
+    """Make the finished generation ``gen`` the results of ``out`` in one atomic step.
+
+    ``gen`` is fsync'ed, renamed to its final name, then ``OUT/.results/current`` (a relative
+    symbolic link) is replaced by one pointing to it: ``rename`` is atomic, so a reader (or a
+    kill) sees the old complete set or the new one. ``OUT/cells.csv`` etc. are fixed links
+    through ``current``. Where symbolic links cannot be made, the files are renamed into ``OUT``
+    one by one (each atomic, the set not) and a warning says so.
+    """
+    _fsync_tree(gen)
+    final = gen.with_name(gen.name.removeprefix(".").removesuffix(".tmp"))
+    os.replace(gen, final)
+    root = out / _RESULTS
+    cur = root / _CURRENT
+    tmp_link = root / f".{_CURRENT}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        os.symlink(final.name, tmp_link, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        _publish_by_renames(out, final)
+        return
+    old = _current_generation(out)
+    if cur.exists() and not cur.is_symlink():  # a copy of a results folder made it a folder
+        os.replace(cur, root / f".{_CURRENT}-copied-{uuid.uuid4().hex[:8]}.old")
+    os.replace(tmp_link, cur)
+    _fsync_dir(root)
+    for name in _PUBLISHED:
+        link = out / name
+        want = f"{_RESULTS}/{_CURRENT}/{name}"
+        if not (final / name).exists():  # e.g. failures.csv of an earlier run
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+            continue
+        if link.is_symlink() and os.readlink(link) == want:
+            continue
+        if link.is_dir() and not link.is_symlink():  # a folder of an older version or of
+            # `exouptake segment`: kept beside, never deleted
+            aside = out / f"{name}.old-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(link, aside)
+            log.warning("%s: the earlier folder %s/ was moved to %s/", out, name, aside.name)
+        elif link.exists() or link.is_symlink():  # a table of an older version: replaced
+            aside = root / f".legacy-{name}-{uuid.uuid4().hex[:8]}.old"
+            os.replace(link, aside)
+        tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        os.symlink(want, tmp, target_is_directory=(final / name).is_dir())
+        os.replace(tmp, link)
+    _fsync_dir(out)
+    if old is not None and old != final:
+        shutil.rmtree(old, ignore_errors=True)
+    _clean_results(out)
+
+
+def _publish_by_renames(out: Path, final: Path) -> None:
+    log.warning(
+        "%s: symbolic links are not available here; the result files are replaced one by one "
+        "(a kill during this step can leave tables of two runs side by side)",
+        out,
+    )
+    for name in _PUBLISHED:
+        src, dst = final / name, out / name
+        if dst.is_dir() and not dst.is_symlink():
+            aside = out / _RESULTS / f".old-{name}-{uuid.uuid4().hex[:8]}.old"
+            os.replace(dst, aside)
+        elif dst.exists() and not src.exists():
+            dst.unlink()
+        if src.exists():
+            os.replace(src, dst)
+    shutil.rmtree(final, ignore_errors=True)
+    _clean_results(out)
+
+
+def _current_generation(out: Path) -> Path | None:
+    cur = out / _RESULTS / _CURRENT
+    if not cur.is_symlink():
+        return None
+    return out / _RESULTS / os.readlink(cur)
+
+
+def _clean_results(out: Path) -> None:
+    """Remove unfinished or replaced generations and temporary files (run under the lock)."""
+    root = out / _RESULTS
+    current = _current_generation(out)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name == _CURRENT or (current is not None and p == current):
+                continue
+            log.info("removing %s (unfinished or replaced results)", p.name)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    for p in out.glob(".*.tmp"):  # atomic_write / link temporaries of a killed run
+        if p.is_file() or p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 # -- merging -----------------------------------------------------------------------------------
 
 
-def _copy_if_changed(src: Path, dst: Path) -> None:
-    if dst.is_file():
-        s, d = src.stat(), dst.stat()
-        if s.st_size == d.st_size and d.st_mtime_ns >= s.st_mtime_ns:
-            return
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+class MixedPartsError(BatchUsageError):
+    """A part was made with another config or input than the run merging it (exit code 2)."""
 
 
 def merge_parts(
@@ -906,6 +1470,7 @@ def merge_parts(
     *,
     sample_sheet: pd.DataFrame | None = None,
     extra_run_info: dict[str, Any] | None = None,
+    keys: Mapping[str, dict] | None = None,
 ) -> dict[str, Path]:
     """Rebuild the run-level tables of ``out`` from its part folders.
 
@@ -925,16 +1490,65 @@ def merge_parts(
         From :func:`load_sample_sheet`.
     extra_run_info : dict, optional
         Added to ``run.json``.
+    keys : mapping of str to dict, optional
+        The key every part must carry (config hash, input file fingerprint ...), by name;
+        without it, every part must at least have been made with ``config``'s analysis hash.
 
     Returns
     -------
     dict of str to Path
-        ``cells``, ``spots``, ``images``, ``run``.
+        ``cells``, ``spots``, ``images``, ``run`` (in ``out``; empty when nothing was merged).
+
+    Raises
+    ------
+    MixedPartsError
+        A part was made with another config or another version of its input file: the
+        tables are not written (the previous ones stay).
+
+    Notes
+    -----
+    The tables are written into a new generation folder ``OUT/.results/gen-...`` and published
+    in one atomic step (see :func:`_publish`): readers, and a kill at any moment, see the
+    previous complete set or the new one.
     """
+    out = Path(out)
+    with run_lock(out, "merge"):
+        _clean_results(out)
+        gen = _new_generation(out)
+        try:
+            paths = _merge_into(
+                gen,
+                out,
+                names,
+                config,
+                sample_sheet=sample_sheet,
+                extra_run_info=extra_run_info,
+                keys=keys,
+            )
+            if not paths:
+                return {}
+            _publish(out, gen)
+        finally:
+            if gen.exists():
+                shutil.rmtree(gen, ignore_errors=True)
+    return {k: out / p.name for k, p in paths.items()}
+
+
+def _merge_into(
+    gen: Path,
+    out: Path,
+    names: Sequence[str],
+    config: AssayConfig,
+    *,
+    sample_sheet: pd.DataFrame | None = None,
+    extra_run_info: dict[str, Any] | None = None,
+    keys: Mapping[str, dict] | None = None,
+) -> dict[str, Path]:
+    """Write the merged tables of ``out``'s parts into the unpublished folder ``gen``."""
     from .io import write_table
     from .pipeline import AnalysisResult, condition_for, finalize, images_table, run_info
 
-    out = Path(out)
+    want_hash = analysis_hash(config)
     results: list[AnalysisResult] = []
     meta_of: dict[str, dict[str, Any]] = {}
     files_of: dict[str, Path] = {}
@@ -945,6 +1559,7 @@ def merge_parts(
         except (OSError, json.JSONDecodeError):
             log.warning("%s: no finished part in %s; left out of the tables", name, pdir)
             continue
+        _check_part_key(name, pdir, part.get("key") or {}, keys, want_hash)
         cells_all = pd.read_parquet(pdir / "cells.parquet")
         spots_all = pd.read_parquet(pdir / "spots.parquet")
         cell_groups = dict(tuple(cells_all.groupby("image", sort=False))) if len(cells_all) else {}
@@ -1041,31 +1656,57 @@ def merge_parts(
     images = pd.concat(image_rows, ignore_index=True)
 
     paths: dict[str, Path] = {}
-    paths["cells"] = write_table(cells, out / "cells")[0]
-    paths["spots"] = write_table(spots, out / "spots", formats=("csv",))[0]
-    paths["images"] = write_table(images, out / "images", formats=("csv",))[0]
-    for r in results:
+    paths["cells"] = write_table(cells, gen / "cells")[0]
+    paths["spots"] = write_table(spots, gen / "spots", formats=("csv",))[0]
+    paths["images"] = write_table(images, gen / "images", formats=("csv",))[0]
+    prev = _current_generation(out)
+    for r in results:  # only this run's images: labels of removed inputs do not linger
         pdir = files_of[r.image]
-        for kind in ("cells", "nuclei"):
-            src = pdir / "labels" / f"{r.image}_{kind}.tif"
+        for sub, name in (
+            ("labels", f"{r.image}_cells.tif"),
+            ("labels", f"{r.image}_nuclei.tif"),
+            ("qc", f"{r.image}_overlay.png"),
+        ):
+            src = pdir / sub / name
             if src.is_file():
-                _copy_if_changed(src, out / "labels" / src.name)
-        src = pdir / "qc" / f"{r.image}_overlay.png"
-        if src.is_file():
-            _copy_if_changed(src, out / "qc" / src.name)
+                _place(src, gen / sub / name, prev / sub / name if prev else None)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
     from .pipeline import _json_default
 
-    atomic_write(
-        out / "run.json",
-        lambda tmp: tmp.write_text(
-            json.dumps(run, indent=2, default=_json_default), encoding="utf-8"
-        ),
+    (gen / "run.json").write_text(
+        json.dumps(run, indent=2, default=_json_default), encoding="utf-8"
     )
-    paths["run"] = out / "run.json"
+    paths["run"] = gen / "run.json"
     return paths
+
+
+def _check_part_key(
+    name: str, pdir: Path, key: dict, keys: Mapping[str, dict] | None, want_hash: str
+) -> None:
+    """Refuse a part made with another config or another version of its input."""
+    if keys is not None and name in keys:
+        want = _jsonable(keys[name])
+        if key == want:
+            return
+        what = [k for k in sorted(set(want) | set(key)) if want.get(k) != key.get(k)]
+    elif key.get("analysis_sha256") == want_hash:
+        return
+    else:
+        what = ["analysis_sha256"]
+    raise MixedPartsError(
+        f"{pdir}: this part of {name!r} was made with another "
+        + (
+            "config"
+            if "analysis_sha256" in what
+            else "version of the input file"
+            if "input" in what
+            else "labels, settings or package version"
+        )
+        + f" than this run ({', '.join(what)} differ); refusing to mix results. Was another "
+        "run writing to the same --out? Rerun to redo that image"
+    )
 
 
 def _dtype(value: Any) -> str | None:
@@ -1140,6 +1781,44 @@ def _prepare(
     files = collect_inputs(inputs, exclude=exclude)
     out.mkdir(parents=True, exist_ok=True)
     return config, out, files
+
+
+#: Memory budgeted per image pixel (all channels, planes and time points) when the default
+#: pixel limit is worked out. Measured peak for the analysis with given labels: 38-66 bytes
+#: per pixel (5-channel simulated 2048 x 2048 and 1024 x 1024 images); Cellpose needs more.
+BYTES_PER_PIXEL = 100
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (``MemAvailable``), or None when unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def default_max_pixels(workers: int = 1) -> int | None:
+    """Largest image a worker may decode by default: available memory / workers / 100 B.
+
+    Returns None (no limit) when the available memory cannot be read.
+    """
+    avail = _available_memory()
+    if avail is None:
+        return None
+    return max(int(avail / max(workers, 1) / BYTES_PER_PIXEL), 1 << 20)
+
+
+def _pixel_limit(max_pixels: int | None, workers: int, scheduler: str | None) -> int | None:
+    if max_pixels is None:
+        if scheduler not in (None, "local"):
+            return None  # a remote cluster's memory is not this machine's
+        return default_max_pixels(workers)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise BatchUsageError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    return max_pixels
 
 
 def _check_model(config: AssayConfig, scheduler: str | None) -> None:
@@ -1259,8 +1938,8 @@ def _run_tasks(
                 break
 
 
-def _write_failures(out: Path, result: BatchResult) -> None:
-    path = out / "failures.csv"
+def _write_failures(folder: Path, result: BatchResult) -> None:
+    path = folder / "failures.csv"
     if not result.failed:
         if path.exists():
             path.unlink()
@@ -1270,7 +1949,9 @@ def _write_failures(out: Path, result: BatchResult) -> None:
         {"image": k, "path": paths.get(k, ""), "error": v} for k, v in sorted(result.failed.items())
     ]
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
-    log.error("%d of %d image(s) failed; see %s", len(rows), len(result.inputs), path)
+    log.error(
+        "%d of %d image(s) failed; see %s", len(rows), len(result.inputs), result.out / path.name
+    )
 
 
 def analyze_batch(
@@ -1288,6 +1969,7 @@ def analyze_batch(
     force: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    max_pixels: int | None = None,
 ) -> BatchResult:
     """Analyse many images into ``out``, resumably, then merge the run-level tables.
 
@@ -1322,96 +2004,150 @@ def analyze_batch(
     on_progress : callable(done: int, total: int, image: str), optional
         Called after each image finishes (for a GUI progress bar).
     cancel : callable() -> bool, optional
-        Checked after each image; when True, images not started are dropped, finished ones
-        are kept and merged, and ``BatchResult.cancelled`` is set (a rerun resumes).
+        Checked after each image; when True, images not started are dropped (with local
+        worker processes, the ones in progress are stopped too), finished ones are kept and
+        merged, and ``BatchResult.cancelled`` is set (a rerun resumes).
+    max_pixels : int, optional
+        Largest image (pixels of one file's series: C x Z x Y x X x T) a worker may decode;
+        larger files fail with a clear message before any pixel is read. Default: from the
+        memory available when the batch starts (see :func:`default_max_pixels`).
 
     Returns
     -------
     BatchResult
+
+    Raises
+    ------
+    BatchUsageError
+        Usage mistakes; :class:`RunLockedError` when another run uses ``out``;
+        :class:`OutputError` when ``out`` cannot be written; :class:`MixedPartsError` when a
+        part does not belong to this run.
     """
     t0 = time.perf_counter()
     if z_mode not in ("auto", "volume", "planes"):
         raise BatchUsageError(f"z_mode must be auto, volume or planes, got {z_mode!r}")
-    config, out, files = _prepare(inputs, config, out, labels, workers)
-    config.check_roles("quantify" if labels is not None else "analyze")
-    if labels is None:
-        _check_model(config, scheduler)
-    sheet = sample_sheet
-    if sample_sheet is not None and not isinstance(sample_sheet, pd.DataFrame):
-        sheet = load_sample_sheet(sample_sheet)
-    index = _LabelsIndex(labels)
-    result = BatchResult(out=out, inputs=files)
-    with _log_to_file(out / _LOG_NAME):
-        executor = (
-            f"dask:{scheduler}"
-            if scheduler
-            else f"processes:{workers}"
-            if workers > 1
-            else "serial"
-        )
-        log.info("exouptake analyze: %d input file(s) -> %s (%s)", len(files), out, executor)
-        _clean_stale(out)
-        tasks = [
-            _Task(
-                "analyze",
-                f.name,
-                str(f.path),
-                str(out.resolve()),
-                config,
-                _key("analyze", f, config, index, z_mode),
-                str(Path(labels).resolve()) if labels is not None else None,
-                z_mode,
-                overlays,
+    with _output_errors(out):
+        config, out, files = _prepare(inputs, config, out, labels, workers)
+        config.check_roles("quantify" if labels is not None else "analyze")
+        if labels is None:
+            _check_model(config, scheduler)
+        sheet = sample_sheet
+        if sample_sheet is not None and not isinstance(sample_sheet, pd.DataFrame):
+            sheet = load_sample_sheet(sample_sheet)
+        index = _LabelsIndex(labels)
+        if labels is not None and any(
+            _under(labels, out / name) for name in _PUBLISHED if (out / name).exists()
+        ):
+            raise BatchUsageError(
+                f"--labels {str(labels)!r} lies in the results of --out {str(out)!r}, which "
+                "this run replaces; use another --out"
             )
-            for f in files
-        ]
-        _run_tasks(
-            tasks,
-            out,
-            workers,
-            scheduler,
-            progress,
-            result,
-            force,
-            on_progress=on_progress,
-            cancel=cancel,
-        )
-        _write_failures(out, result)
-        finished = set(result.done) | set(result.skipped)
-        ok = [
-            f.name
-            for f in files
-            if f.name not in result.failed and (not result.cancelled or f.name in finished)
-        ]
-        result.tables = (
-            merge_parts(
+        limit = _pixel_limit(max_pixels, workers, scheduler)
+        result = BatchResult(out=out, inputs=files)
+        with run_lock(out, "analyze"), _log_to_file(out / _LOG_NAME):
+            executor = (
+                f"dask:{scheduler}"
+                if scheduler
+                else f"processes:{workers}"
+                if workers > 1
+                else "serial"
+            )
+            log.info("exouptake analyze: %d input file(s) -> %s (%s)", len(files), out, executor)
+            _clean_stale(out)
+            _clean_results(out)
+            tasks = [
+                _Task(
+                    "analyze",
+                    f.name,
+                    str(f.path),
+                    str(out.resolve()),
+                    config,
+                    _key("analyze", f, config, index, z_mode),
+                    str(Path(labels).resolve()) if labels is not None else None,
+                    z_mode,
+                    overlays,
+                    limit,
+                )
+                for f in files
+            ]
+            _run_tasks(
+                tasks,
                 out,
-                ok,
-                config,
-                sample_sheet=sheet,
-                extra_run_info={
-                    "batch": {
-                        "inputs": len(files),
-                        "failed": sorted(result.failed),
-                        "sample_sheet": str(sample_sheet)
-                        if isinstance(sample_sheet, (str, Path))
-                        else None,
-                    },
-                },
+                workers,
+                scheduler,
+                progress,
+                result,
+                force,
+                on_progress=on_progress,
+                cancel=cancel,
             )
-            if ok
-            else {}
-        )
-        result.wall_s = time.perf_counter() - t0
-        log.info(
-            "analyzed %d, reused %d, failed %d image file(s) in %.1f s -> %s",
-            len(result.done),
-            len(result.skipped),
-            len(result.failed),
-            result.wall_s,
-            out,
-        )
+            finished = set(result.done) | set(result.skipped)
+            ok = [
+                f.name
+                for f in files
+                if f.name not in result.failed and (not result.cancelled or f.name in finished)
+            ]
+            gen = _new_generation(out)
+            try:
+                _write_failures(gen, result)
+                paths = (
+                    _merge_into(
+                        gen,
+                        out,
+                        ok,
+                        config,
+                        sample_sheet=sheet,
+                        keys={t.name: t.key for t in tasks},
+                        extra_run_info={
+                            "batch": {
+                                "inputs": len(files),
+                                "failed": sorted(result.failed),
+                                "sample_sheet": str(sample_sheet)
+                                if isinstance(sample_sheet, (str, Path))
+                                else None,
+                            },
+                        },
+                    )
+                    if ok
+                    else {}
+                )
+                _publish(out, gen)
+            finally:
+                if gen.exists():
+                    shutil.rmtree(gen, ignore_errors=True)
+            result.tables = {k: out / p.name for k, p in paths.items()}
+            result.wall_s = time.perf_counter() - t0
+            log.info(
+                "analyzed %d, reused %d, failed %d image file(s) in %.1f s -> %s",
+                len(result.done),
+                len(result.skipped),
+                len(result.failed),
+                result.wall_s,
+                out,
+            )
     return result
+
+
+@contextlib.contextmanager
+def _output_errors(out: str | Path) -> Iterator[None]:
+    """Turn a file-system error into one line naming the path (exit code 2 in the CLI)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not _under(exc.filename, out):
+            raise  # a missing input: its own message
+        raise _output_error(exc, Path(out)) from None
+
+
+def _under(path: Any, folder: str | Path) -> bool:
+    if path is None:
+        return False
+    try:
+        p = Path(os.path.abspath(os.fspath(path)))
+        f = Path(os.path.abspath(os.fspath(folder)))
+    except (TypeError, ValueError):
+        return False
+    return p == f or f in p.parents
 
 
 def run_analyze(
@@ -1452,6 +2188,7 @@ def segment_batch(
     scheduler: str | None = None,
     progress: bool = True,
     force: bool = False,
+    max_pixels: int | None = None,
 ) -> BatchResult:
     """Segment many images: ``out/labels/<image>_cells.tif`` (and ``_nuclei.tif``), resumable.
 
@@ -1459,34 +2196,42 @@ def segment_batch(
     segmented as volumes). Parameters as in :func:`analyze_batch`.
     """
     t0 = time.perf_counter()
-    config, out, files = _prepare(inputs, config, out, None, workers)
-    config.check_roles("segment")
-    _check_model(config, scheduler)
-    result = BatchResult(out=out, inputs=files)
-    none = _LabelsIndex(None)
-    with _log_to_file(out / _LOG_NAME):
-        log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
-        tasks = [
-            _Task(
-                "segment",
-                f.name,
-                str(f.path),
-                str(out.resolve()),
-                config,
-                _key("segment", f, config, none, "volume"),
+    with _output_errors(out):
+        config, out, files = _prepare(inputs, config, out, None, workers)
+        config.check_roles("segment")
+        _check_model(config, scheduler)
+        result = BatchResult(out=out, inputs=files)
+        none = _LabelsIndex(None)
+        limit = _pixel_limit(max_pixels, workers, scheduler)
+        if (out / _RESULTS).exists():
+            raise BatchUsageError(
+                f"--out {str(out)!r} holds results of `exouptake analyze`; write the "
+                "segmentation to another folder"
             )
-            for f in files
-        ]
-        _run_tasks(tasks, out, workers, scheduler, progress, result, force)
-        _write_failures(out, result)
-        result.wall_s = time.perf_counter() - t0
-        log.info(
-            "segmented %d, reused %d, failed %d image file(s) in %.1f s",
-            len(result.done),
-            len(result.skipped),
-            len(result.failed),
-            result.wall_s,
-        )
+        with run_lock(out, "segment"), _log_to_file(out / _LOG_NAME):
+            log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
+            tasks = [
+                _Task(
+                    "segment",
+                    f.name,
+                    str(f.path),
+                    str(out.resolve()),
+                    config,
+                    _key("segment", f, config, none, "volume"),
+                    max_pixels=limit,
+                )
+                for f in files
+            ]
+            _run_tasks(tasks, out, workers, scheduler, progress, result, force)
+            _write_failures(out, result)
+            result.wall_s = time.perf_counter() - t0
+            log.info(
+                "segmented %d, reused %d, failed %d image file(s) in %.1f s",
+                len(result.done),
+                len(result.skipped),
+                len(result.failed),
+                result.wall_s,
+            )
     return result
 
 

@@ -27,6 +27,12 @@ class UsageError(Exception):
     """A mistake on the command line: printed as one line, exit code 2."""
 
 
+_MAX_PIXELS_HELP = (
+    "largest image (pixels, all channels/planes) a worker may read; "
+    "default: available memory / workers / 100 bytes"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="exouptake",
@@ -51,11 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--workers", type=int, default=1, help="local worker processes")
     a.add_argument("--scheduler", help="Dask scheduler address, or 'local' for a local cluster")
     a.add_argument("--sample-sheet", type=Path, help="CSV: pattern,condition,dose,replicate,well")
+    a.add_argument("--max-pixels", type=int, help=_MAX_PIXELS_HELP)
 
     s = sub.add_parser("segment", help="segmentation only: writes labels/<image>_cells.tif")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--max-pixels", type=int, help=_MAX_PIXELS_HELP)
 
     m = sub.add_parser("simulate", help="synthetic assay images with exact ground truth")
     m.add_argument("--out", type=Path, required=True)
@@ -145,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors as exc:
         print(f"exouptake {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # file-system trouble (permissions, disk full): one line, exit 2
+        where = f" {str(exc.filename)!r}" if exc.filename else ""
+        print(f"exouptake {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("exouptake: interrupted", file=sys.stderr)
         return 130
@@ -196,6 +208,7 @@ def _cmd_analyze(args) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         sample_sheet=args.sample_sheet,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -203,7 +216,7 @@ def _cmd_segment(args) -> int:
     from .batch import run_segment
 
     cfg = _load_config(args.config)
-    return run_segment(args.inputs, cfg, args.out)
+    return run_segment(args.inputs, cfg, args.out, max_pixels=args.max_pixels)
 
 
 def _cmd_train(args) -> int:

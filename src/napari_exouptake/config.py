@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import yaml
@@ -61,8 +61,31 @@ class ConfigError(ValueError):
     """A user mistake in an assay config: the message names the key and what is allowed."""
 
 
+def _allows_bool(annotation: Any) -> bool:
+    """True when a field's type admits true/false (bool, Any, or a union holding bool)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_allows_bool(a) for a in get_args(annotation) if a is not None)
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan=False: .inf / .nan are refused for every float (finite numbers only)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
+        """``radius_px: true`` would otherwise be read as 1.0: refuse true/false for numbers."""
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, bool) for v in items):
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and not _allows_bool(field.annotation):
+                if get_origin(field.annotation) is Literal:
+                    return value
+                raise ValueError("true/false is not allowed here (a number is expected)")
+        return value
 
 
 def _check_channel_ref(value: Any) -> Any:
@@ -518,8 +541,81 @@ def _unwrap_model(annotation: Any) -> Any:
 # -- YAML --------------------------------------------------------------------------------------
 
 
+#: Largest config file or YAML string, bytes (a full config is a few kB).
+MAX_CONFIG_BYTES = 1024**2
+#: Deepest nesting of mappings and lists in a config (the real one needs 4).
+MAX_CONFIG_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and deep nesting (one-line errors)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(
+                    f"line {mark.line + 1}: nested deeper than {MAX_CONFIG_DEPTH} levels; "
+                    "an assay config needs a few"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor says so
+                break
+            if first is not None:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key {key!r} appears twice (first on "
+                    f"line {first}); keep one"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(raw: bytes | str, origin: str) -> Any:
+    """Size limit, UTF-8 check, then YAML with the hardened loader."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{origin}: {len(raw):,} bytes is too large for an assay config "
+            f"(limit {MAX_CONFIG_BYTES:,} bytes)"
+        )
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{origin}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+                f"{exc.start}); save the file as UTF-8"
+            ) from None
+    else:
+        text = raw
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: nested too deeply") from None
+
+
 def load_config(source: str | Path | Mapping[str, Any]) -> AssayConfig:
     """Load an assay config from a YAML file path, a YAML string or a mapping.
+
+    YAML is read with a safe loader that refuses duplicate keys, nesting deeper than
+    ``MAX_CONFIG_DEPTH`` and text larger than ``MAX_CONFIG_BYTES`` or not UTF-8.
 
     Raises
     ------
@@ -528,21 +624,27 @@ def load_config(source: str | Path | Mapping[str, Any]) -> AssayConfig:
     """
     if isinstance(source, Mapping):
         return AssayConfig.from_dict(source)
-    text: str
+    raw: bytes | str
     origin: str
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(
+                    f"{path}: {size:,} bytes is too large for an assay config "
+                    f"(limit {MAX_CONFIG_BYTES:,} bytes)"
+                )
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror or exc}") from None
         origin = str(path)
     else:
-        text = str(source)
+        raw = str(source)
         origin = "<string>"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    data = _parse_yaml(raw, origin)
     try:
         return AssayConfig.from_dict(data)
     except ConfigError as exc:

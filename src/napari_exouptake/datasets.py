@@ -80,6 +80,13 @@ MAX_MEMBER_BYTES = 4 * 1024**3
 MAX_TOTAL_BYTES = 64 * 1024**3
 #: Most members in a zip bundle.
 MAX_MEMBERS = 100_000
+#: Largest compression ratio (uncompressed / compressed) of a zip member of at least
+#: ``RATIO_MIN_BYTES``, and of the whole archive when it unpacks to that much. Our own TIFFs are
+#: compressed inside (ratio about 1); deflate's own maximum is about 1,030.
+MAX_RATIO = 100.0
+RATIO_MIN_BYTES = 16 * 1024**2
+#: Largest download of ``dataset fetch``, bytes.
+MAX_DOWNLOAD_BYTES = 16 * 1024**3
 #: Largest dataset.yaml / checksums.sha256, bytes (they are small text files).
 MAX_TEXT_BYTES = 8 * 1024**2
 
@@ -213,7 +220,11 @@ def _read_checksums(root: Path, problems: list[str]) -> dict[str, str]:
 # zip: safe extraction and deterministic writing
 # --------------------------------------------------------------------------------------------
 def _check_members(
-    zf: zipfile.ZipFile, max_member_bytes: int, max_total_bytes: int, max_members: int
+    zf: zipfile.ZipFile,
+    max_member_bytes: int,
+    max_total_bytes: int,
+    max_members: int,
+    max_ratio: float = MAX_RATIO,
 ) -> list[tuple[zipfile.ZipInfo, str]]:
     infos = zf.infolist()
     if len(infos) > max_members:
@@ -236,6 +247,14 @@ def _check_members(
             raise DatasetError(
                 f"zip member {name!r} is {info.file_size} bytes, more than the "
                 f"per-file limit {max_member_bytes}"
+            )
+        if info.file_size >= RATIO_MIN_BYTES and info.file_size > max_ratio * max(
+            info.compress_size, 1
+        ):
+            raise DatasetError(
+                f"zip member {name!r} would unpack {info.file_size} bytes from "
+                f"{info.compress_size} (ratio {info.file_size / max(info.compress_size, 1):.0f}, "
+                f"limit {max_ratio:.0f}); refusing a possible zip bomb"
             )
         total += info.file_size
         if total > max_total_bytes:
@@ -261,6 +280,8 @@ def safe_extract(
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
     max_members: int = MAX_MEMBERS,
+    max_ratio: float = MAX_RATIO,
+    listed_only: bool = False,
 ) -> Path:
     """Extract a zip into ``dest`` after checking every member; nothing is written elsewhere.
 
@@ -277,7 +298,15 @@ def safe_extract(
     dest : str or Path
         Target folder; must not exist or be empty.
     max_member_bytes, max_total_bytes, max_members : int
-        Limits (uncompressed bytes, member count).
+        Limits (uncompressed bytes, member count). The total must also fit the free space
+        of the target's disk.
+    max_ratio : float
+        Largest compression ratio of a member (and of the archive) unpacking to at least
+        ``RATIO_MIN_BYTES`` (16 MiB).
+    listed_only : bool
+        A bundle: the zip must hold ``checksums.sha256`` (at its top or in its one top
+        folder), and every other file member must be listed in it; checked before anything
+        is extracted.
 
     Returns
     -------
@@ -297,12 +326,33 @@ def safe_extract(
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DatasetError(f"{zip_path}: not a readable zip file ({exc})") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        members = _check_members(zf, max_member_bytes, max_total_bytes, max_members, max_ratio)
+        total = sum(info.file_size for info, _ in members)
+        archive = max(Path(zip_path).stat().st_size, 1)
+        if total >= RATIO_MIN_BYTES and total > max_ratio * archive:
+            raise DatasetError(
+                f"{zip_path}: would unpack {total} bytes from {archive} (ratio "
+                f"{total / archive:.0f}, limit {max_ratio:.0f}); refusing a possible zip bomb"
+            )
+        if listed_only:
+            _check_listed(zf, members)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest.parent).free
+        if total > free:
+            raise DatasetError(
+                f"{zip_path}: unpacks to {total} bytes but {dest.parent} has {free} bytes free"
+            )
+    except zipfile.BadZipFile as exc:
+        zf.close()
+        raise DatasetError(f"{zip_path}: corrupt zip ({exc})") from None
+    except BaseException:
+        zf.close()
+        raise
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     base = staging.resolve()
     try:
         with zf:
-            members = _check_members(zf, max_member_bytes, max_total_bytes, max_members)
             for info, rel in members:
                 target = staging / rel
                 if base not in target.resolve().parents:  # defence in depth
@@ -322,6 +372,9 @@ def safe_extract(
                                 "declares; refusing it"
                             )
                         out.write(block)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is for sharing
         if dest.exists():
             dest.rmdir()
         os.replace(staging, dest)
@@ -332,6 +385,35 @@ def safe_extract(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def _check_listed(zf: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+    """Every file member of a bundle zip is listed in its checksums.sha256 (before extracting)."""
+    files = [(info, rel) for info, rel in members if not info.filename.endswith("/")]
+    roots = [rel[: -len(CHECKSUM_FILE)] for _, rel in files if rel.split("/")[-1] == CHECKSUM_FILE]
+    roots = [r for r in roots if r.count("/") <= 1]
+    if len(roots) != 1:
+        raise DatasetError(
+            f"zip holds {'no' if not roots else 'more than one'} {CHECKSUM_FILE} at its top; "
+            "not a dataset bundle"
+        )
+    prefix = roots[0]
+    info = zf.getinfo(prefix + CHECKSUM_FILE)
+    if info.file_size > MAX_TEXT_BYTES:
+        raise DatasetError(f"{CHECKSUM_FILE}: larger than {MAX_TEXT_BYTES} bytes")
+    with zf.open(info) as fh:
+        text = fh.read(MAX_TEXT_BYTES + 1).decode("utf-8", errors="replace")
+    listed = set()
+    for line in text.splitlines():
+        m = re.match(r"^[0-9a-fA-F]{64} [ *](.+)$", line)
+        if m:
+            listed.add(prefix + m.group(1))
+    for _, rel in files:
+        if rel != prefix + CHECKSUM_FILE and rel not in listed:
+            raise DatasetError(
+                f"zip member {rel!r} is not listed in {CHECKSUM_FILE}; refusing the bundle "
+                "before extracting anything"
+            )
 
 
 def _write_zip(root: Path, out: Path) -> Path:
@@ -695,7 +777,7 @@ def open_bundle(
         else:
             target = Path(extract_to)
         try:
-            safe_extract(path, target)
+            safe_extract(path, target, listed_only=True)
             root = _find_root(target)
         except BaseException:
             if tmp is not None:
@@ -845,7 +927,7 @@ def verify_bundle(path: str | Path) -> list[str]:
     if path.is_file():
         with tempfile.TemporaryDirectory(prefix="exouptake-verify-") as tmp:
             target = Path(tmp) / "bundle"
-            safe_extract(path, target)
+            safe_extract(path, target, listed_only=True)
             return _verify_root(_find_root(target))
     return _verify_root(_find_root(path))
 
@@ -1366,11 +1448,84 @@ def _file_downloader(url: str, output_file: Any, pooch: Any = None) -> None:
         raise DatasetError(f"{url}: file:// URLs must name a local file (file:///path)")
     if not src.is_file():
         raise DatasetError(f"{url}: no such file {src}")
+    limit = getattr(pooch, "max_bytes", MAX_DOWNLOAD_BYTES)
+    if src.stat().st_size > limit:
+        raise DatasetError(
+            f"{url}: the file is {src.stat().st_size} bytes, more than the download limit of "
+            f"{limit} bytes"
+        )
     if hasattr(output_file, "write"):
         with open(src, "rb") as fh:
             shutil.copyfileobj(fh, output_file)
     else:
         shutil.copyfile(src, output_file)
+
+
+class _Limits:
+    """Passed as pooch's third downloader argument: carries the byte limit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+
+def _http_downloader(timeout_s: float, max_bytes: int) -> Callable[..., None]:
+    """Stream an http(s) download, refusing more than ``max_bytes`` (header first, then count)."""
+
+    def download(url: str, output_file: Any, pooch: Any = None) -> None:
+        import requests
+
+        with requests.get(url, stream=True, timeout=timeout_s) as r:
+            r.raise_for_status()
+            length = r.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > max_bytes:
+                raise DatasetError(
+                    f"{url}: the server announces {int(length)} bytes, more than the download "
+                    f"limit of {max_bytes} bytes; nothing was downloaded"
+                )
+            with contextlib.ExitStack() as stack:
+                fh = output_file
+                if not hasattr(output_file, "write"):
+                    fh = stack.enter_context(open(output_file, "wb"))
+                n = 0
+                for chunk in r.iter_content(1 << 20):
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise DatasetError(
+                            f"{url}: the download passed the limit of {max_bytes} bytes; "
+                            "stopped and nothing was kept"
+                        )
+                    fh.write(chunk)
+
+    return download
+
+
+def _check_url_alive(url: str, timeout_s: float, cached: Path) -> None:
+    """A cached download is used only while its URL still serves it (no false success)."""
+    import requests
+
+    hint = (
+        f"; a copy with this SHA-256 is in the cache ({cached}) but is not used for a URL "
+        "that does not answer: check the URL, or open the cached copy with "
+        f"`exouptake dataset verify {cached}`"
+    )
+    if url.startswith("file:"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        if not Path(url2pathname(urlparse(url).path)).is_file():
+            raise DatasetError(f"{url}: no such file{hint}")
+        return
+    if not url.startswith(("http://", "https://")):
+        return  # doi:, ftp://: pooch's own resolution; the hash still guards the content
+    try:
+        r = requests.head(url, allow_redirects=True, timeout=timeout_s)
+        if r.status_code in (403, 405, 501):  # servers that refuse HEAD: ask for one byte
+            r = requests.get(url, headers={"Range": "bytes=0-0"}, stream=True, timeout=timeout_s)
+            r.close()
+    except requests.exceptions.RequestException as exc:
+        raise DatasetError(f"{url}: cannot reach the URL ({type(exc).__name__}){hint}") from None
+    if r.status_code >= 400:
+        raise DatasetError(f"{url}: the server answered HTTP {r.status_code}{hint}")
 
 
 def fetch_bundle(
@@ -1380,6 +1535,7 @@ def fetch_bundle(
     *,
     cache_dir: str | Path | None = None,
     timeout_s: float = 60.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """Download a zip bundle through pooch (cached, hash-checked), extract and verify it.
 
@@ -1396,11 +1552,20 @@ def fetch_bundle(
         Download cache (default ``$EXOUPTAKE_CACHE_DIR`` or pooch's OS cache folder).
     timeout_s : float
         Network timeout per request, seconds.
+    max_bytes : int
+        Largest download (default ``MAX_DOWNLOAD_BYTES``, 16 GiB); refused from the
+        announced size, or stopped when passed.
 
     Returns
     -------
     Path
         The extracted, verified bundle folder.
+
+    Notes
+    -----
+    A zip already in the cache is used only after the URL still answers (a dead URL is an
+    error, not a success from the cache). A zip refused on extraction or verification is
+    deleted from the cache, and a bundle that fails verification is removed from ``out``.
 
     Raises
     ------
@@ -1417,21 +1582,41 @@ def fetch_bundle(
     fname = f"{digest[:16]}.zip"
     downloader: Any = None
     if url.startswith("file:"):
-        downloader = _file_downloader
+        limits = _Limits(max_bytes)
+
+        def downloader(url: str, output_file: Any, pooch: Any = None) -> None:
+            _file_downloader(url, output_file, limits)
+
     elif url.startswith(("http://", "https://")):
-        downloader = pooch.HTTPDownloader(progressbar=False, timeout=timeout_s)
+        downloader = _http_downloader(timeout_s, max_bytes)
+    cached = downloads / fname
+    if cached.is_file():
+        _check_url_alive(url, timeout_s, cached)
     zpath = _retrieve(pooch, url, digest, downloads, fname, downloader)
     target = Path(out) if out is not None else cache / "bundles" / digest[:16]
     if out is None and target.is_dir() and any(target.iterdir()):
-        if not _verify_root(_find_root(target)):
-            return _find_root(target)
+        with contextlib.suppress(DatasetError):
+            if not _verify_root(_find_root(target)):
+                return _find_root(target)
         shutil.rmtree(target)
-    safe_extract(zpath, target)
-    root = _find_root(target)
-    problems = _verify_root(root)
+    existed = target.is_dir()
+    try:
+        safe_extract(zpath, target, listed_only=True)
+    except DatasetError:
+        zpath.unlink(missing_ok=True)  # a refused zip does not stay in the cache
+        raise
+    try:
+        root = _find_root(target)
+        problems = _verify_root(root)
+    except DatasetError as exc:
+        problems = [str(exc)]
     if problems:
+        zpath.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)  # nothing unverified is left in --out
+        if existed:
+            target.mkdir()
         raise DatasetError(
-            f"{url}: the downloaded bundle failed verification: " + "; ".join(problems)
+            f"{url}: the downloaded bundle failed verification (removed): " + "; ".join(problems)
         )
     return root
 
@@ -1450,6 +1635,8 @@ def _retrieve(pooch: Any, url: str, digest: str, folder: Path, fname: str, downl
                 progressbar=False,
             )
         )
+    except DatasetError:
+        raise
     except requests.exceptions.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
         raise DatasetError(f"{url}: the server answered HTTP {code}; check the URL") from None

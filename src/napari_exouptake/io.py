@@ -35,7 +35,9 @@ import numpy as np
 __all__ = [
     "ImageData",
     "ImageReadError",
+    "ImageTooLargeError",
     "atomic_write",
+    "check_pixel_count",
     "from_array",
     "read_image",
     "read_labels",
@@ -212,6 +214,60 @@ def from_array(
     )
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
+def check_pixel_count(path: str | Path, max_pixels: int) -> int:
+    """Refuse, from the file's header alone, an image with more than ``max_pixels`` pixels.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF (every series is counted), PNG, JPEG or BMP file; other types pass unchecked.
+    max_pixels : int
+        Largest pixel count (all channels, planes and time points of one series) allowed.
+
+    Returns
+    -------
+    int
+        The largest pixel count found (0 when the type is not checked).
+
+    Raises
+    ------
+    ImageTooLargeError
+        With the declared shape and the limit.
+    """
+    path = Path(path)
+    lower = path.name.lower()
+    shapes: list[tuple[int, ...]] = []
+    try:
+        if lower.endswith(TIFF_SUFFIXES):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shapes = [tuple(int(n) for n in s.shape) for s in tif.series]
+        elif lower.endswith(RASTER_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(path) as im:  # reads the header only
+                shapes = [(im.size[1], im.size[0], len(im.getbands()))]
+    except Exception:  # unreadable header: read_image gives the proper error
+        return 0
+    biggest, shape = 0, ()
+    for sh in shapes:
+        n = int(np.prod(sh, dtype=np.float64))
+        if n > biggest:
+            biggest, shape = n, sh
+    if biggest > max_pixels:
+        raise ImageTooLargeError(
+            f"{path}: the image declares {biggest:,} pixels (shape {shape}), more than the "
+            f"limit of {max_pixels:,}; refused before reading it (raise the limit with "
+            "--max-pixels if the memory allows)"
+        )
+    return biggest
+
+
 def read_image(
     path: str | Path,
     axes: str | None = None,
@@ -279,6 +335,11 @@ def read_image(
         ) from exc
     if image.data.size == 0:
         raise ImageReadError(f"{path}: the image holds no pixels (shape {image.data.shape})")
+    if image.data.dtype == np.bool_:
+        raise ImageReadError(
+            f"{path}: a true/false (binary mask) image, not an intensity image; a mask or "
+            "label image belongs in --labels"
+        )
     return image
 
 
