@@ -114,8 +114,10 @@ def _check_radius(value: Any) -> Any:
         return "auto"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("radius_px must be 'auto' or a number of pixels")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"radius_px must be > 0, got {value}")
+    if not np.isfinite(value):
+        raise ValueError(f"radius_px must be a finite number of pixels, got {value}")
+    if value <= 0:
+        raise ValueError(f"radius_px must be greater than 0 (pixels), got {value}")
     return float(value)
 
 
