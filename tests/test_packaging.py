@@ -22,6 +22,33 @@ def test_import_is_light():
     assert out.stdout.strip() == ""
 
 
+def test_core_dependencies_are_light():
+    """torch, Cellpose and napari/Qt are extras: the headless core (a Dask worker, a measuring
+    job) installs without them (.ci/core.sh installs it alone and analyses the sample)."""
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower() for d in meta["dependencies"]}
+    assert not base & {"torch", "cellpose", "napari", "magicgui", "qtpy", "pyqt5", "npe2"}
+    extras = meta["optional-dependencies"]
+    assert any(d.startswith("cellpose") for d in extras["cellpose"])
+    assert any(d.startswith("torch") for d in extras["cellpose"])
+    assert any(d.startswith("napari") for d in extras["napari"])
+
+
+def test_segment_without_cellpose_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from napari_exouptake import segmentation
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "cellpose" else real(n, *a)
+    )
+    with pytest.raises(segmentation.CellposeMissingError, match=r"napari-exouptake\[cellpose\]"):
+        segmentation.require_cellpose()
+
+
 def test_version_command():
     from napari_exouptake import __version__
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEMO_MODELS",
+    "CellposeMissingError",
     "ModelNotAvailableError",
     "ResolvedModel",
     "Segmentation",
@@ -48,6 +49,7 @@ __all__ = [
     "estimate_diameter",
     "holdout_split",
     "main_segment",
+    "require_cellpose",
     "main_train",
     "map_nuclei_to_cells",
     "resolve_device",
@@ -292,6 +294,7 @@ def train_model(
     Path
         ``out_path``.
     """
+    require_cellpose()
     import torch
     from cellpose import dynamics, models, transforms
     from cellpose.train import _loss_fn_seg
@@ -504,6 +507,23 @@ def cellpose_version() -> str:
         return version("cellpose")
     except PackageNotFoundError:
         return ""
+
+
+class CellposeMissingError(ModelNotAvailableError):
+    """Segmentation was asked for but Cellpose (and torch) is not installed."""
+
+
+def require_cellpose() -> None:
+    """Raise :class:`CellposeMissingError` with the install command when Cellpose or torch is
+    missing (the headless core installs without them)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "cellpose") if find_spec(m) is None]
+    if missing:
+        raise CellposeMissingError(
+            f"segmentation needs {' and '.join(missing)}, not installed here: "
+            "pip install 'napari-exouptake[cellpose]' (or give label images with --labels)"
+        )
 
 
 def cellpose_major_version() -> int:
@@ -1053,6 +1073,7 @@ def segment(
     ModelNotAvailableError
         The model is not on disk (fails fast, never downloads).
     """
+    require_cellpose()
     t_all = time.perf_counter()
     sc = config.segmentation
     mode = sc.mode
