@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from .config import AssayConfig, ConfigError, config_hash, load_config
-from .io import BIOIO_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES, atomic_write
+from .io import BIOIO_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES, atomic_write, replace_dir
 from .io import bioio_suffix as _bioio_suffix
 
 __all__ = [
@@ -966,7 +966,7 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
         (tmp / "part.json").write_text(
             json.dumps(_jsonable(meta), indent=1, sort_keys=True), encoding="utf-8"
         )
-        _replace_dir(tmp, _part_dir(out, task.name))
+        replace_dir(tmp, _part_dir(out, task.name))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -994,17 +994,6 @@ def _segment_file(task: _Task) -> dict[str, Any]:
 
 def _squeeze(labels: np.ndarray) -> np.ndarray:
     return labels[0] if labels.ndim == 3 and labels.shape[0] == 1 else labels
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder onto ``final`` (an old one is moved aside first)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- executors ---------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -41,6 +43,7 @@ __all__ = [
     "from_array",
     "read_image",
     "read_labels",
+    "replace_dir",
     "scene_names",
     "write_labels",
     "write_ome_tiff",
@@ -1028,8 +1031,6 @@ def _min_max(labels) -> tuple[int, int]:
 def _write_labels_zarr(path: Path, labels) -> Path:
     """An OME-Zarr (NGFF 0.4, zarr format 2) label image written into a temporary folder and
     renamed into place (an old store is moved aside first)."""
-    import shutil
-    import uuid
 
     import zarr
 
@@ -1060,13 +1061,7 @@ def _write_labels_zarr(path: Path, labels) -> Path:
             }
         ]
         root.attrs["image-label"] = {"version": "0.4"}
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1155,3 +1150,15 @@ def write_table(df, path: str | Path, formats: Sequence[str] = ("csv", "parquet"
         else:
             raise ValueError(f"unknown table format {fmt!r}; use csv or parquet")
     return written
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder onto ``final`` (an old one is moved aside first and
+    removed after, so ``final`` is never half-written)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
