@@ -378,7 +378,7 @@ def _sim_scores(difficulty, seeds=(501, 502)):
         names = list(sim.channel_names)
         exo = sim.image[names.index("PKH26")]
         spots = detect_spots(exo)
-        f1.append(match_spots(spots, sim.spots, 2.0).f1)
+        f1.append(match_spots(spots, sim_mod.optical_puncta(sim.spots), 2.0).f1)
         chans = {
             "exosome": exo,
             "cd31": sim.image[names.index("CD31")],
@@ -396,40 +396,36 @@ def _sim_scores(difficulty, seeds=(501, 502)):
 
 @pytest.mark.slow
 def test_simulated_regression_levels_and_marker_target():
-    """Measured on seeds 501/502: F1 0.893 / 0.789 (normal / hard), count r 0.952 / 0.859,
-    marker mean vs true mean r 1.000 (target >= 0.99: met). Regression guards below the
-    measured levels; the marker assertion is the target itself."""
+    """Measured on seeds 501/502 (optical puncta, 2 px): F1 0.846 / 0.532 (normal / hard),
+    count r 0.914 / 0.806, marker mean vs true mean r 1.000 (target >= 0.99: met). Regression
+    guards a little below the measured levels; the marker assertion is the target itself."""
     f1_n, r_n, rm_n = _sim_scores("normal")
     f1_h, r_h, rm_h = _sim_scores("hard")
-    assert f1_n >= 0.83 and r_n >= 0.90, (f1_n, r_n)
-    assert f1_h >= 0.72 and r_h >= 0.82, (f1_h, r_h)
+    assert f1_n >= 0.82 and r_n >= 0.89, (f1_n, r_n)
+    assert f1_h >= 0.50 and r_h >= 0.78, (f1_h, r_h)
     assert rm_n >= 0.99 and rm_h >= 0.99, (rm_n, rm_h)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="targets F1 >= 0.95 / count r >= 0.98 at normal not met: "
-    "measured F1 0.902 / r 0.968 (seeds 601-604), 0.902 / 0.972 (1201-1204), "
-    "0.893 / 0.952 (501/502); "
-    "puncta closer than ~2.5 px merge and unresolved ones are counted by brightness; "
-    "scripts/spot_bounds.py: an ideal detector resolving everything >= 1.5 px apart "
-    "scores F1 0.938, count r 0.977",
+    reason="targets optical F1 >= 0.95 / count r >= 0.97 at normal not met: measured F1 0.876 / "
+    "r 0.952 (seeds 601-604), 0.866 / 0.949 (1301-1304), 0.846 / 0.914 (501/502); precision "
+    "0.996: EVs below SNR 5 (the Rose floor of the automatic threshold) and EVs within ~3 px "
+    "of a brighter one are missed",
 )
 def test_simulated_normal_targets():
     f1, r, _ = _sim_scores("normal")
-    assert f1 >= 0.95 and r >= 0.98
+    assert f1 >= 0.95 and r >= 0.97
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="target F1 >= 0.80 at hard not met on every seed set: measured 0.801 (seeds "
-    "601-604), 0.802 (1201-1204), 0.799 (1301-1304), 0.784 (1401-1404), 0.789 (501/502, "
-    "these tests); count r 0.933 / 0.918 / 0.925 / 0.893 / 0.859 vs target 0.90; misses are "
-    "unresolved neighbours and aggregate members (counted by brightness) and dim isolated "
-    "puncta on granular autofluorescence (recall 0.72-0.74)",
+    reason="targets optical F1 >= 0.85 / count r >= 0.90 at hard not met: measured F1 0.558 / "
+    "r 0.830 (seeds 601-604), 0.539 / 0.820 (1301-1304), 0.532 / 0.806 (501/502); precision "
+    "0.996 but most of the hard setting's EVs lie below SNR 5 on granular autofluorescence",
 )
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")
-    assert f1 >= 0.80 and r >= 0.90
+    assert f1 >= 0.85 and r >= 0.90

@@ -552,13 +552,22 @@ _ENDS_BYTES = 1 << 20
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
-    """Path, size, modification time and SHA-256 of the first and last MiB plus the size.
+    """Path, size, modification time and SHA-256 of the first and last MiB plus the size (for
+    a ``.zarr`` store: of its file list with sizes and times).
 
     The content part catches edits that keep the size and time (a copy with ``cp -p``, a tool
     that restores the time stamp); reading 2 MiB keeps it cheap for big images.
     """
     import hashlib
 
+    if path.is_dir():  # an OME-Zarr store: every file's name, size and time
+        h = hashlib.sha256()
+        size, mtime = 0, 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            fst = f.stat()
+            size, mtime = size + fst.st_size, max(mtime, fst.st_mtime_ns)
+            h.update(f"{f.relative_to(path)}:{fst.st_size}:{fst.st_mtime_ns}\n".encode())
+        return {"path": str(path), "size": size, "mtime_ns": mtime, "ends_sha256": h.hexdigest()}
     st = path.stat()
     h = hashlib.sha256(str(st.st_size).encode())
     with path.open("rb") as fh:
