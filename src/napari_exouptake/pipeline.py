@@ -285,6 +285,10 @@ def _detection_provenance(attrs: dict) -> dict:
     return out
 
 
+#: an ``auto`` threshold fitted on fewer images than this is reported with a warning
+MIN_AUTO_IMAGES = 3
+
+
 def finalize(
     results: Sequence[AnalysisResult],
     config: AssayConfig,
@@ -334,29 +338,57 @@ def finalize(
             raise ConfigError(
                 "positivity method 'control' needs cells of the control condition "
                 f"{control!r} (positivity.control_condition); the images' conditions are "
-                f"{', '.join(found)}"
+                f"{', '.join(found)}. Add the control's images to the run, or remove "
+                "control_condition, or give positivity.exosome a fixed rule"
             )
         pending = True
         log.info(
-            "no %r control cells among these images: 'control' positivity uses 'auto' until "
-            "the run-level thresholds are applied",
+            "no %r control cells among these images: until the run-level thresholds are "
+            "applied, 'control' uptake uses >= 1 punctum and 'control' markers use 'auto'",
             control,
         )
 
         def _auto(rule):
             return rule.model_copy(update={"method": "auto"}) if rule.method == "control" else rule
 
+        exo_rule = positivity.exosome
+        if exo_rule.method == "control":  # until the control is in: at least one punctum
+            exo_rule = exo_rule.model_copy(
+                update={"method": "fixed", "value": 1.0, "metric": "exo_spot_count"}
+            )
         positivity = positivity.model_copy(
-            update={"exosome": _auto(positivity.exosome), "markers": _auto(positivity.markers)}
+            update={"exosome": exo_rule, "markers": _auto(positivity.markers)}
         )
         marker_rules = {k: _auto(v) for k, v in marker_rules.items()}
-    classified, thresholds = measure.apply_positivity(
+    classified, thresholds, records = measure.positivity_calls(
         all_cells,
         positivity,
         markers,
         control_cells=control_cells,
         marker_rules=marker_rules,
     )
+    conds = sorted({str(r.condition) for r in results if r.condition is not None})
+    for key, rec in records.items():
+        if rec.get("method") == "auto":
+            rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
+                f"; conditions {', '.join(conds)})" if conds else ")"
+            )
+            if len(results) < MIN_AUTO_IMAGES:
+                rec["warnings"].append(
+                    f"fitted on {len(results)} image(s) only: 'auto' thresholds depend on which "
+                    "images are in the run; compare runs with fixed or control thresholds"
+                )
+        if rec.get("method") == "control" and control is not None:
+            rec["fitted_on"] = f"{rec['fitted_on']} of condition {control!r}"
+            rec["control_condition"] = control
+        for w in rec.get("warnings", []):  # one image of a run (pending_control_ok): quiet
+            log.log(
+                logging.DEBUG if pending_control_ok else logging.WARNING,
+                "positivity %s (%s): %s",
+                key,
+                rec["metric"],
+                w,
+            )
     out = []
     start = 0
     for r in results:
@@ -369,8 +401,16 @@ def finalize(
             summary["condition"] = r.condition
         summary.update(r.extras.get("readouts", {}))
         prov = {**r.provenance, "positivity_pending": pending}
+        extras = {**r.extras, "positivity": records}
         out.append(
-            replace(r, cells=cells, thresholds=dict(thresholds), summary=summary, provenance=prov)
+            replace(
+                r,
+                cells=cells,
+                thresholds=dict(thresholds),
+                summary=summary,
+                provenance=prov,
+                extras=extras,
+            )
         )
     return out
 
@@ -577,6 +617,8 @@ def run_info(config: AssayConfig, results: Sequence[AnalysisResult]) -> dict[str
         "platform": platform.platform(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "thresholds": results[0].thresholds if results else {},
+        # per readout: rule, metric, cut-off, which cells it was fitted on, warnings
+        "positivity": results[0].extras.get("positivity", {}) if results else {},
         "images": {r.image: r.provenance for r in results},
     }
 
