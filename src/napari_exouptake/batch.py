@@ -418,19 +418,22 @@ _WORKER_LOGS: set[str] = set()
 
 @contextlib.contextmanager
 def _log_to_file(path: Path) -> Iterator[None]:
-    pkg = logging.getLogger("napari_exouptake")
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    old_level = pkg.level
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
+    # ours, Cellpose's (">>>> loading model ...") and Python warnings (torch's) go to the file
+    loggers = [logging.getLogger(n) for n in ("napari_exouptake", "cellpose", "py.warnings")]
+    old_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
     try:
         yield
     finally:
-        pkg.removeHandler(handler)
-        pkg.setLevel(old_level)
+        for lg, level in zip(loggers, old_levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
         handler.close()
 
 
@@ -621,10 +624,8 @@ def _run_task(task: _Task) -> dict[str, Any]:
 
 
 def _analyze_file(task: _Task) -> dict[str, Any]:
-    import imageio.v3 as iio
-
     from .io import write_labels
-    from .pipeline import analyze_image, qc_overlay
+    from .pipeline import analyze_image
 
     out = Path(task.out)
     parts = out / "parts"
@@ -647,8 +648,9 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             if res.nuclei_labels is not None:
                 write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(res.nuclei_labels))
             if task.overlays and res.exo_image is not None:
+                # the overlay is drawn at merge time (run-wide contrast, positive cells)
                 (tmp / "qc").mkdir(exist_ok=True)
-                iio.imwrite(tmp / "qc" / f"{unit.name}_overlay.png", qc_overlay(res))
+                np.save(tmp / "qc" / f"{unit.name}_exo.npy", _qc_plane(res.exo_image))
             units_meta.append(
                 {
                     "image": unit.name,
@@ -1014,17 +1016,18 @@ def merge_parts(
 
     paths: dict[str, Path] = {}
     paths["cells"] = write_table(cells, out / "cells")[0]
-    paths["spots"] = write_table(spots, out / "spots", formats=("csv",))[0]
-    paths["images"] = write_table(images, out / "images", formats=("csv",))[0]
+    paths["spots"] = write_table(spots, out / "spots")[0]
+    paths["images"] = write_table(images, out / "images")[0]
+    from ._columns import write_columns_doc
+
+    paths["columns"] = write_columns_doc(out, {"cells": cells, "spots": spots, "images": images})
     for r in results:
         pdir = files_of[r.image]
         for kind in ("cells", "nuclei"):
             src = pdir / "labels" / f"{r.image}_{kind}.tif"
             if src.is_file():
                 _copy_if_changed(src, out / "labels" / src.name)
-        src = pdir / "qc" / f"{r.image}_overlay.png"
-        if src.is_file():
-            _copy_if_changed(src, out / "qc" / src.name)
+    _write_merged_qc(out, results, files_of)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
@@ -1037,7 +1040,65 @@ def merge_parts(
         ),
     )
     paths["run"] = out / "run.json"
+    report = refresh_report(out)
+    if report is not None:
+        paths["report"] = report
     return paths
+
+
+def refresh_report(out: str | Path) -> Path | None:
+    """Rewrite ``out/report.html`` from the tables just written; on failure remove the old
+    one (a stale report must not outlive a rerun) and log a warning."""
+    from .report import write_report
+
+    out = Path(out)
+    try:
+        return write_report(out)
+    except Exception as exc:  # the tables are written: a report problem must not fail the run
+        (out / "report.html").unlink(missing_ok=True)
+        log.warning("report.html not written (%s); run `exouptake report %s` to retry", exc, out)
+        return None
+
+
+def _qc_plane(exo: np.ndarray) -> np.ndarray:
+    """The EV channel as the QC overlay shows it: 2D (maximum projection), float32."""
+    exo = np.asarray(exo)
+    return (exo.max(axis=0) if exo.ndim == 3 else exo).astype(np.float32)
+
+
+def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
+    """``qc/<image>_overlay.png`` for every merged image: one contrast for the whole run,
+    EV-positive cells marked (run-level calls), from each part's saved EV plane and labels."""
+    from ._qc import run_contrast
+    from .io import read_labels
+    from .pipeline import write_qc
+
+    planes = {
+        r.image: files_of[r.image] / "qc" / f"{r.image}_exo.npy"
+        for r in results
+        if (files_of[r.image] / "qc" / f"{r.image}_exo.npy").is_file()
+    }
+    if not planes:
+        return
+    contrast = run_contrast(np.load(p, mmap_mode="r") for p in planes.values())
+    for r in results:
+        if r.image not in planes:
+            continue
+        pdir = files_of[r.image]
+        cells_lab = read_labels(pdir / "labels" / f"{r.image}_cells.tif")
+        nuc_path = pdir / "labels" / f"{r.image}_nuclei.tif"
+        nuclei = read_labels(nuc_path) if nuc_path.is_file() else None
+        try:
+            write_qc(
+                out / "qc" / f"{r.image}_overlay.png",
+                r,
+                contrast,
+                exo=np.load(planes[r.image]),
+                cells_labels=cells_lab,
+                nuclei_labels=nuclei,
+            )
+        except Exception as exc:  # a QC picture must not fail the run
+            log.warning("%s: QC overlay not written: %s", r.image, exc)
 
 
 def _dtype(value: Any) -> str | None:

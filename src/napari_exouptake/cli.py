@@ -114,15 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exouptake`` console script; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    quiet = args.command == "demo"  # the demo prints its own progress and summary
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose or not quiet
-        else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    console = _console_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -148,6 +140,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("exouptake: interrupted", file=sys.stderr)
         return 130
+    finally:
+        console.summary()
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console shows each warning once (repeats are counted and summarised at the end)
+    and, unless ``-v``, nothing from other packages (Cellpose, torch warnings): those go to
+    the run's log file only."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.seen: set[tuple[str, str]] = set()
+        self.repeats = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.verbose and not record.name.startswith("napari_exouptake"):
+            return False
+        if record.levelno >= logging.WARNING and not self.verbose:
+            key = (record.name, record.getMessage())
+            if key in self.seen:
+                self.repeats += 1
+                return False
+            self.seen.add(key)
+        return True
+
+    def summary(self) -> None:
+        if self.repeats:
+            print(
+                f"exouptake: {self.repeats} repeated warning(s) not shown (all are in the "
+                "run's exouptake.log)",
+                file=sys.stderr,
+            )
+        self.repeats = 0
+
+
+class _TqdmSafeHandler(logging.Handler):
+    """Writes records to stderr through ``tqdm.write``, so they never break a progress bar
+    (and ``tqdm``'s logging redirect, which drops filters, leaves it alone)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _console_logging(verbose: int) -> _ConsoleFilter:
+    """Console log: warnings only by default (-v: info, -vv: debug); Python warnings are
+    routed to logging so they land in the log file, not on the console."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_exouptake_console", False):
+            root.removeHandler(h)
+    handler = _TqdmSafeHandler()
+    handler._exouptake_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    filt = _ConsoleFilter(verbose)
+    handler.addFilter(filt)
+    handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > handler.level:
+        root.setLevel(handler.level)
+    logging.captureWarnings(True)
+    return filt
 
 
 def _load_config(path: Path):

@@ -576,7 +576,10 @@ def write_table(df, path: str | Path, formats: Sequence[str] = ("csv", "parquet"
     for fmt in formats:
         target = path.with_name(path.name + "." + fmt)
         if fmt == "csv":
-            written.append(atomic_write(target, lambda tmp: df.to_csv(tmp, index=False)))
+            # 10 significant digits: no 118.30000000000001 (Parquet keeps full precision)
+            written.append(
+                atomic_write(target, lambda tmp: df.to_csv(tmp, index=False, float_format="%.10g"))
+            )
         elif fmt == "parquet":
             written.append(atomic_write(target, lambda tmp: df.to_parquet(tmp, index=False)))
         else:

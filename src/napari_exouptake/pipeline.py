@@ -545,7 +545,6 @@ def write_outputs(
     extra_run_info: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``cells``, ``spots``, ``images`` tables, label TIFFs, QC PNGs and ``run.json``."""
-    import imageio.v3 as iio
 
     out = Path(out_dir)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -556,21 +555,71 @@ def write_outputs(
     images = images_table(results)
     paths: dict[str, Path] = {}
     paths["cells"] = write_table(cells, out / "cells")[0]
-    paths["spots"] = write_table(spots_df, out / "spots", formats=("csv",))[0]
-    paths["images"] = write_table(images, out / "images", formats=("csv",))[0]
+    paths["spots"] = write_table(spots_df, out / "spots")[0]
+    paths["images"] = write_table(images, out / "images")[0]
+    from ._columns import write_columns_doc
+
+    paths["columns"] = write_columns_doc(out, {"cells": cells, "spots": spots_df, "images": images})
+    from ._qc import run_contrast
+
+    contrast = run_contrast(r.exo_image for r in results if r.exo_image is not None)
     for r in results:
         write_labels(out / "labels" / f"{r.image}_cells.tif", _squeeze(r.cells_labels))
         if r.nuclei_labels is not None:
             write_labels(out / "labels" / f"{r.image}_nuclei.tif", _squeeze(r.nuclei_labels))
         if overlays and r.exo_image is not None:
-            (out / "qc").mkdir(exist_ok=True)
-            iio.imwrite(out / "qc" / f"{r.image}_overlay.png", qc_overlay(r))
+            write_qc(out / "qc" / f"{r.image}_overlay.png", r, contrast)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
     paths["run"] = out / "run.json"
     return paths
+
+
+def qc_title(image: str, condition: str | None, cells: pd.DataFrame) -> str:
+    """Title of a QC overlay: image, condition, cells and % EV-positive."""
+    n = len(cells)
+    pct = 100.0 * float(cells["exo_positive"].mean()) if n and "exo_positive" in cells else None
+    return " · ".join(
+        [image]
+        + ([str(condition)] if condition else [])
+        + [f"{n} cells"]
+        + ([f"{pct:.0f} % EV-positive"] if pct is not None else [])
+    )
+
+
+def write_qc(
+    path: Path,
+    result: AnalysisResult,
+    contrast: tuple[float, float] | None,
+    *,
+    exo: np.ndarray | None = None,
+    cells_labels: np.ndarray | None = None,
+    nuclei_labels: np.ndarray | None = None,
+) -> Path:
+    """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`)."""
+    from ._qc import draw_overlay, write_qc_png
+
+    cells = result.cells
+    pos = (
+        cells.loc[cells["exo_positive"].astype(bool), "cell_id"] if "exo_positive" in cells else []
+    )
+    rgb = draw_overlay(
+        result.exo_image if exo is None else exo,
+        result.cells_labels if cells_labels is None else cells_labels,
+        result.nuclei_labels if nuclei_labels is None else nuclei_labels,
+        result.spots,
+        np.asarray(pos, dtype=np.int64),
+        contrast,
+    )
+    return write_qc_png(
+        path,
+        rgb,
+        title=qc_title(result.image, result.condition, cells),
+        pixel_size_um=result.provenance.get("pixel_size_um"),
+        contrast=contrast,
+    )
 
 
 def _squeeze(labels: np.ndarray) -> np.ndarray:
@@ -658,26 +707,45 @@ def run_demo(out: str | Path = "exouptake_demo") -> int:
         raise FileNotFoundError(f"the bundled sample dataset is missing from {data}")
     config = load_config(data / "config.yaml")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"exouptake demo: {len(images)} sample images -> {out}/")
+    from .batch import _log_to_file, refresh_report
+
+    doses = {}
+    if (data / "conditions.csv").is_file():
+        doses = pd.read_csv(data / "conditions.csv").set_index("image").to_dict("index")
     results = []
     t0 = time.perf_counter()
-    for i, path in enumerate(images, 1):
-        t = time.perf_counter()
-        r = analyze_image(path, config)
-        results.append(r)
-        dev = r.provenance["segmentation"].get("device", "-")
-        print(
-            f"  [{i}/{len(images)}] {r.image}: {len(r.cells)} cells, {len(r.spots)} puncta "
-            f"({time.perf_counter() - t:.1f} s, {dev})"
-        )
-    results = finalize(results, config)
-    write_outputs(results, out, config)
+    with _log_to_file(out / "exouptake.log"):  # Cellpose and torch messages go to the log
+        for i, path in enumerate(images, 1):
+            t = time.perf_counter()
+            r = analyze_image(path, config)
+            results.append(r)
+            dev = r.provenance["segmentation"].get("device", "-")
+            print(
+                f"  [{i}/{len(images)}] {r.image}: {len(r.cells)} cells, {len(r.spots)} puncta "
+                f"({time.perf_counter() - t:.1f} s, {dev})"
+            )
+        results = finalize(results, config)
+        for r in results:  # dose for the report's ordering and dose-response plot
+            row = doses.get(r.image, {})
+            r.summary.update({k: row[k] for k in ("dose", "dose_unit") if k in row})
+        write_outputs(results, out, config)
+        report = refresh_report(out)
     table = condition_summary(results, config)
+    from .report import _order
+
+    imgs = images_table(results)
+    if "condition" in imgs.columns:  # control first, then by dose, as in the report
+        order = _order(imgs, config.positivity.control_condition)
+        table = table.reindex([c for c in order if c in table.index])
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print("\nPer-condition summary:")
         print(table.to_string())
     print(
-        f"\nwrote {out}/cells.csv, spots.csv, images.csv, labels/, qc/, run.json "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"\nwrote {out}/cells.csv, spots.csv, images.csv (+ .parquet), columns.md, labels/, qc/, "
+        f"run.json, exouptake.log in {time.perf_counter() - t0:.1f} s"
     )
+    if report is not None:
+        print(f"open the report in a web browser: {report.resolve().as_uri()}")
     return 0
