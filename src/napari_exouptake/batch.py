@@ -1175,6 +1175,26 @@ def _prepare(
     return config, out, files
 
 
+def _preflight_channels(config: AssayConfig, files: Sequence[InputFile]) -> None:
+    """Check the config's channel roles against the first input's channels before any work:
+    a role the image does not have is a usage error (exit code 2), not one failure per image.
+    An unreadable first file is left to the batch (it fails on its own)."""
+    if not files:
+        return
+    from .io import ImageReadError, read_image
+    from .pipeline import check_channels
+
+    first = files[0]
+    try:
+        image = read_image(first.path, axes=config.axes)
+    except ImageReadError:
+        return
+    try:
+        check_channels(config, image.channel_names)
+    except ConfigError as exc:
+        raise BatchUsageError(f"{exc} (checked on {first.path.name}, the first input)") from None
+
+
 def _check_model(config: AssayConfig, scheduler: str | None) -> None:
     """Fail fast (usage error) when the segmentation model is not available here.
 
@@ -1367,6 +1387,7 @@ def analyze_batch(
         raise BatchUsageError(f"z_mode must be auto, volume or planes, got {z_mode!r}")
     config, out, files = _prepare(inputs, config, out, labels, workers)
     config.check_roles("quantify" if labels is not None else "analyze")
+    _preflight_channels(config, files)
     if labels is None:
         _check_model(config, scheduler)
     sheet = sample_sheet

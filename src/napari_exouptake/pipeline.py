@@ -32,6 +32,7 @@ __all__ = [
     "condition_for",
     "finalize",
     "images_table",
+    "check_channels",
     "readout_overlays",
     "qc_overlay",
     "run_demo",
@@ -268,6 +269,43 @@ def analyze_image(
     timings["total"] = time.perf_counter() - t0
     step("done", 1.0)
     return result
+
+
+def check_channels(config: AssayConfig, channel_names: Sequence[str]) -> dict[str, int]:
+    """Resolve every channel role of ``config`` against an image's channel names.
+
+    Parameters
+    ----------
+    config : AssayConfig
+    channel_names : sequence of str
+        One name per channel of the image (``ImageData.channel_names``).
+
+    Returns
+    -------
+    dict of str to int
+        Config key (``channels.exosome``, ``channels.markers.cd31``, ``tubes.channel`` ...)
+        -> channel index, for the roles the config sets.
+
+    Raises
+    ------
+    ConfigError
+        One message naming the key and the image's channels, for the first role the image
+        does not have.
+    """
+    ch = config.channels.resolve(channel_names)
+    out = {
+        f"channels.{role}": idx
+        for role in ("nucleus", "cell", "exosome")
+        if (idx := getattr(ch, role)) is not None
+    }
+    out.update({f"channels.markers.{k}": v for k, v in ch.markers.items()})
+    for key in ("tubes", "collagen"):
+        section = getattr(config, key)
+        if section is not None:
+            out[f"{key}.channel"] = resolve_channel(
+                section.channel, channel_names, f"{key}.channel"
+            )
+    return out
 
 
 def _detection_provenance(attrs: dict) -> dict:
