@@ -9,11 +9,11 @@ How a run is laid out on disk (``OUT`` = the ``--out`` folder)::
     OUT/parts/<file>/cells.parquet        cells of every unit of the file (no run-level columns)
     OUT/parts/<file>/spots.parquet
     OUT/parts/<file>/labels/<image>_cells.tif (+ _nuclei.tif)
-    OUT/parts/<file>/qc/<image>_overlay.png
+    OUT/parts/<file>/qc/<image>_exo.npy   (EV plane; overlays are drawn at merge)
     OUT/manifest.jsonl                    one line per finished file (appended, fsync'ed)
     OUT/failures.csv                      image, path, error (only when something failed)
     OUT/exouptake.log                     log of every run on OUT (appended)
-    OUT/cells.csv, cells.parquet, spots.csv, images.csv, labels/, qc/, run.json   (merged)
+    OUT/{cells,spots,images}.{csv,parquet}, columns.md, labels/, qc/, run.json, report.html
 
 Each part is written into a temporary folder and renamed into place, so a killed run leaves
 whole parts or none. A part is reused when its key matches: the SHA-256 of the config sections
@@ -47,7 +47,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1063,7 +1063,14 @@ def refresh_report(out: str | Path) -> Path | None:
 def _qc_plane(exo: np.ndarray) -> np.ndarray:
     """The EV channel as the QC overlay shows it: 2D (maximum projection), float32."""
     exo = np.asarray(exo)
-    return (exo.max(axis=0) if exo.ndim == 3 else exo).astype(np.float32)
+    plane = exo.max(axis=0) if exo.ndim == 3 else exo
+    k = _qc_step(plane.shape)
+    return np.ascontiguousarray(plane[::k, ::k], dtype=np.float32)
+
+
+def _qc_step(shape: tuple[int, ...], max_side: int = 2048) -> int:
+    """Subsampling step of the saved QC plane: whole-well images are kept at <= 2048 px."""
+    return max(1, -(-max(shape[-2:]) // max_side))
 
 
 def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
@@ -1088,10 +1095,20 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
         cells_lab = read_labels(pdir / "labels" / f"{r.image}_cells.tif")
         nuc_path = pdir / "labels" / f"{r.image}_nuclei.tif"
         nuclei = read_labels(nuc_path) if nuc_path.is_file() else None
+        k = _qc_step(cells_lab.shape)
+        shown = r
+        if k > 1:  # the saved plane was subsampled: subsample the labels, scale the puncta
+            cells_lab = cells_lab[..., ::k, ::k]
+            nuclei = None if nuclei is None else nuclei[..., ::k, ::k]
+            spots = r.spots.copy()
+            spots[["y", "x"]] = spots[["y", "x"]] / k
+            ps = r.provenance.get("pixel_size_um")
+            prov = {**r.provenance, "pixel_size_um": ps * k if ps else ps}
+            shown = replace(r, spots=spots, provenance=prov)
         try:
             write_qc(
                 out / "qc" / f"{r.image}_overlay.png",
-                r,
+                shown,
                 contrast,
                 exo=np.load(planes[r.image]),
                 cells_labels=cells_lab,
