@@ -184,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _ConsoleFilter(logging.Filter):
     """The console shows each warning once (repeats are counted and summarised at the end)
-    and, unless ``-v``, nothing from other packages (Cellpose, torch warnings): those go to
-    the run's log file only."""
+    and, unless ``-v``, nothing below ERROR from other packages (Cellpose, torch warnings):
+    those go to the run's log file only."""
 
     def __init__(self, verbose: int) -> None:
         super().__init__()
@@ -194,7 +194,8 @@ class _ConsoleFilter(logging.Filter):
         self.repeats = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.verbose and not record.name.startswith("napari_exouptake"):
+        ours = record.name.startswith("napari_exouptake")
+        if not self.verbose and not ours and record.levelno < logging.ERROR:
             return False
         if record.levelno >= logging.WARNING and not self.verbose:
             key = (record.name, record.getMessage())
