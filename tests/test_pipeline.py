@@ -276,6 +276,11 @@ def test_run_json_records_positivity_and_control_cutoff(cli_run):
 def test_console_is_quiet_and_warnings_once(cli_run):
     out, err, _ = cli_run
     assert "INFO" not in err and ">>>>" not in err and "UserWarning" not in err
+    import re
+
+    for line in filter(None, (ln.strip() for ln in re.split(r"[\r\n]", err))):
+        # the progress bar, warnings, errors and the repeated-warnings summary only
+        assert line.startswith(("analyze:", "WARNING", "ERROR", "exouptake:")), line
     warn_lines = [ln for ln in err.splitlines() if ln.startswith("WARNING")]
     assert len(warn_lines) == len(set(warn_lines)) >= 1  # each warning once
     log = (out / "exouptake.log").read_text()

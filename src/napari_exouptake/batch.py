@@ -1288,12 +1288,9 @@ def _run_tasks(
         log.info(
             "%d image(s) already done with the same config and files: skipped", len(result.skipped)
         )
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with (
-        _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar,
-        logging_redirect_tqdm(),
-    ):
+    # console records go through the CLI's tqdm-safe handler (cli._TqdmSafeHandler); tqdm's
+    # own logging redirect would add an unfiltered handler that prints every INFO line
+    with _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar:
         by_name = {t.name: t for t in todo}
         for outcome in _execute(todo, workers, scheduler):
             task = by_name[outcome["image"]]
