@@ -416,8 +416,18 @@ def test_control_condition_sets_the_uptake_rule_unless_one_is_given():
 
 def test_missing_control_condition_says_how_to_fix(sample):
     cfg, path, cells, _ = sample
-    r = pipeline.analyze_image(path, cfg.with_updates(collagen=None), labels=cells)
-    with pytest.raises(ConfigError, match="Add the control's images to the run"):
-        pipeline.finalize([r], cfg)
+    cfg = cfg.with_updates(collagen=None)
+    r = pipeline.analyze_image(path, cfg, labels=cells)
     # one image on its own (napari, a batch worker): >= 1 punctum until the control is in
     assert r.thresholds["exo"] == 1 and r.extras["positivity"]["exo"]["method"] == "fixed"
+    # the rule implied by control_condition, no control image in the run: >= 1 punctum, warned
+    [out] = pipeline.finalize([r], cfg)
+    rec = out.extras["positivity"]["exo"]
+    assert rec["method"] == "fixed" and rec["threshold"] == 1
+    assert "no 'dye_only' (control_condition) cells in this run" in rec["warnings"][0]
+    # a control rule the user wrote: stop and say how to fix it
+    explicit = cfg.with_updates(
+        positivity={"exosome": {"method": "control", "metric": "exo_spot_count", "percentile": 99}}
+    )
+    with pytest.raises(ConfigError, match="Add the control's images to the run"):
+        pipeline.finalize([r], explicit)

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AssayConfig, ConfigError, config_hash, resolve_channel
+from .config import (
+    CONTROL_EXO_RULE,
+    AssayConfig,
+    ConfigError,
+    PositivityRule,
+    config_hash,
+    resolve_channel,
+)
 from .io import ImageData, read_image, read_labels, write_labels, write_table
 
 __all__ = [
@@ -367,10 +374,27 @@ def finalize(
     }
     positivity = config.positivity
     pending = False
+    no_control = control_cells is None or len(control_cells) == 0
+    implied_only = positivity.exosome == PositivityRule(**CONTROL_EXO_RULE) and not any(
+        r.method == "control" for r in [positivity.markers, *marker_rules.values()]
+    )
+    run_warnings: list[str] = []
+    if no_control and implied_only and not pending_control_ok:
+        # the cut-off implied by control_condition, and no control image in this run: the
+        # run still gets its tables, with the rule used and a warning on record
+        found = sorted({str(r.condition) for r in results})
+        run_warnings.append(
+            f"no {control!r} (control_condition) cells in this run (conditions: "
+            f"{', '.join(found)}): EV-positive = at least 1 punctum instead of the control's "
+            "95th percentile; include the control's images to use it"
+        )
+        positivity = positivity.model_copy(
+            update={"exosome": PositivityRule(method="fixed", value=1, metric="exo_spot_count")}
+        )
     uses_control = positivity.exosome.method == "control" or any(
         r.method == "control" for r in [positivity.markers, *marker_rules.values()]
     )
-    if uses_control and (control_cells is None or len(control_cells) == 0):
+    if uses_control and no_control:
         if not pending_control_ok:
             found = sorted({str(r.condition) for r in results})
             raise ConfigError(
@@ -406,6 +430,9 @@ def finalize(
         marker_rules=marker_rules,
     )
     conds = sorted({str(r.condition) for r in results if r.condition is not None})
+    if run_warnings:
+        records["exo"]["warnings"] = [*run_warnings, *records["exo"].get("warnings", [])]
+        records["exo"]["fitted_on"] = f"fixed value (no {control!r} cells in the run)"
     for key, rec in records.items():
         if rec.get("method") == "auto":
             rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
