@@ -451,9 +451,13 @@ def _worker_logging(out: str) -> None:
     handler = logging.FileHandler(Path(out) / _LOG_NAME, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
+    logging.captureWarnings(True)  # torch's warnings into the log, not the console
+    for lg in (pkg, logging.getLogger("cellpose"), logging.getLogger("py.warnings")):
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+    for lg in (logging.getLogger("cellpose"), logging.getLogger("py.warnings")):
+        lg.propagate = False  # worker processes have no console filter
 
 
 # -- reading stacks ----------------------------------------------------------------------------
