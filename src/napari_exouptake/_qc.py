@@ -137,6 +137,7 @@ def write_qc_png(
     pixel_size_um: float | None = None,
     contrast: tuple[float, float] | None = None,
     max_side_px: int = 1400,
+    with_nuclei: bool = True,
 ) -> Path:
     """Write ``rgb`` with a title, a legend and a scale bar as a PNG.
 
@@ -194,7 +195,6 @@ def write_qc_png(
     handles = [
         Patch(facecolor="none", edgecolor=c("positive"), linewidth=2, label="EV-positive cell"),
         Patch(facecolor="none", edgecolor=c("negative"), label="other cell"),
-        Patch(facecolor="none", edgecolor=c("nucleus"), label="nucleus"),
         Line2D(
             [],
             [],
@@ -214,6 +214,8 @@ def write_qc_png(
             label="punctum outside cells",
         ),
     ]
+    if with_nuclei:
+        handles.insert(2, Patch(facecolor="none", edgecolor=c("nucleus"), label="nucleus"))
     fig.legend(
         handles=handles,
         loc="lower center",

@@ -667,13 +667,14 @@ def write_qc(
     from ._qc import draw_overlay, write_qc_png
 
     cells = result.cells
+    nuclei_labels = result.nuclei_labels if nuclei_labels is None else nuclei_labels
     pos = (
         cells.loc[cells["exo_positive"].astype(bool), "cell_id"] if "exo_positive" in cells else []
     )
     rgb = draw_overlay(
         result.exo_image if exo is None else exo,
         result.cells_labels if cells_labels is None else cells_labels,
-        result.nuclei_labels if nuclei_labels is None else nuclei_labels,
+        nuclei_labels,
         result.spots,
         np.asarray(pos, dtype=np.int64),
         contrast,
@@ -684,6 +685,7 @@ def write_qc(
         title=qc_title(result.image, result.condition, cells),
         pixel_size_um=result.provenance.get("pixel_size_um"),
         contrast=contrast,
+        with_nuclei=nuclei_labels is not None,
     )
 
 
