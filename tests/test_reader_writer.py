@@ -176,7 +176,7 @@ def test_reader_on_cli_output_matches_run(tmp_path):
     ref = pd.read_parquet(out / "cells.parquet")
     feats = layers[f"{IMAGE} cells"][1]["features"].drop(columns="index")
     pd.testing.assert_frame_equal(feats, ref, check_exact=True)
-    spots = pd.read_csv(out / "spots.csv", float_precision="round_trip")
+    spots = pd.read_parquet(out / "spots.parquet")  # full precision (CSV: 10 digits)
     pd.testing.assert_frame_equal(layers[f"{IMAGE} puncta"][1]["features"], spots)
     assert layers["PKH26"][1]["metadata"]["source"].endswith(f"{IMAGE}.ome.tif")
 

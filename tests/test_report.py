@@ -138,8 +138,8 @@ def test_report_html_of_a_batch_run(results):
     run = json.loads((results / "run.json").read_text())
     control = run["config"]["positivity"]["control_condition"]
     for cond in ("untreated", "dye_only", "ev_low", "ev_high"):
-        assert f">{cond}<" in text or f">{cond} (control)<" in text
-    assert f"{control} (control)" in text
+        assert f">{cond}<" in text or f">{cond} (control" in text
+    assert f"{control} (control" in text
     assert "Welch's t-test" in text and "Holm" in text
     assert "Dose-response" in text and "Per-cell distributions" in text
     assert "QC overlays" in text and text.count("data:image/png;base64,") >= 4 + 8
@@ -161,3 +161,71 @@ def test_report_without_conditions_or_control(tmp_path):
     _images().drop(columns=["condition"]).to_csv(tmp_path / "images.csv", index=False)
     text = build_report(tmp_path)
     assert "No control condition" in text and ">all<" in text
+
+
+def test_order_control_first_then_control_like_then_by_dose():
+    from napari_exouptake.report import _order
+
+    images = pd.DataFrame(
+        {
+            "condition": ["ev_high", "ev_low", "untreated", "dye_only", "ev_mid"],
+            "dose": [50.0, 10.0, 0.0, 0.0, 20.0],
+        }
+    )
+    assert _order(images, "dye_only") == ["dye_only", "untreated", "ev_low", "ev_mid", "ev_high"]
+    assert _order(images.drop(columns="dose"), None)[:2] == ["dye_only", "untreated"]
+
+
+def _run_with_positivity(tmp_path):
+    _images().to_csv(tmp_path / "images.csv", index=False)
+    run = {
+        "config": {"positivity": {"control_condition": "ctrl"}},
+        "thresholds": {"exo": 4.0},
+        "positivity": {
+            "exo": {
+                "method": "control",
+                "metric": "exo_spot_count",
+                "percentile": 95.0,
+                "threshold": 4.0,
+                "comparison": ">",
+                "n_positive": 30,
+                "n_cells": 102,
+                "fitted_on": "60 control cells of condition 'ctrl'",
+                "control_condition": "ctrl",
+                "warnings": [],
+            },
+            "cd31": {
+                "method": "auto",
+                "metric": "cd31_mean_intensity",
+                "threshold": 180.5,
+                "comparison": ">=",
+                "rule": "single_population",
+                "n_positive": 1,
+                "n_cells": 102,
+                "fitted_on": "all 102 cells of the run (2 image(s))",
+                "warnings": ["no separate positive population (two-population fit: D = 1.10)"],
+            },
+        },
+    }
+    (tmp_path / "run.json").write_text(json.dumps(run))
+
+
+def test_report_control_row_shows_its_cutoff_and_warnings(tmp_path):
+    _run_with_positivity(tmp_path)
+    text = build_report(tmp_path)
+    assert "ctrl (control; sets the EV cut-off, its 95th percentile: EV-positive if " in text
+    assert "exo_spot_count &gt; 4)" in text
+    assert "class='warn'" in text and "CD31: no separate positive population" in text
+    assert "cd31_mean_intensity &gt;= 180" in text and "60 control cells" in text
+
+
+def test_report_thumbnails_link_to_full_images(tmp_path):
+    import imageio.v3 as iio
+
+    _run_with_positivity(tmp_path)
+    (tmp_path / "qc").mkdir()
+    iio.imwrite(tmp_path / "qc" / "i0_overlay.png", np.zeros((600, 500, 3), np.uint8))
+    text = write_report(tmp_path).read_text()
+    assert "<a href='qc/i0_overlay.png'" in text
+    elsewhere = write_report(tmp_path, out=tmp_path / "sub" / "r.html").read_text()
+    assert "<a href='../qc/i0_overlay.png'" in elsewhere

@@ -167,7 +167,7 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
     common = [c for c in ref.columns if c in mine.columns]
     assert len(common) >= 10 and set(ref.columns) <= set(mine.columns)
     pd.testing.assert_frame_equal(mine[common], ref[common], check_exact=True, check_dtype=False)
-    ref_spots = pd.read_csv(out / "spots.csv", float_precision="round_trip")
+    ref_spots = pd.read_parquet(out / "spots.parquet")  # full precision (CSV: 10 digits)
     assert len(ref_spots) == len(points.features)
     np.testing.assert_array_equal(ref_spots["intensity"], points.features["intensity"])
 

@@ -37,7 +37,8 @@ def write_labels_features(path: str, data: Any, attributes: dict[str, Any]) -> l
     df = _features(attributes, "labels")
     if "index" in df.columns and "cell_id" in df.columns:
         df = df.drop(columns="index")
-    out = write_table(df, _csv_path(path), formats=("csv",))
+    # the only copy of the table: every float written so that it reads back exactly
+    out = write_table(df, _csv_path(path), formats=("csv",), csv_digits=None)
     return [str(p) for p in out]
 
 
@@ -58,7 +59,8 @@ def write_points_features(path: str, data: Any, attributes: dict[str, Any]) -> l
     for i, axis in enumerate(axes):
         if axis not in df.columns:
             df.insert(i, axis, coords[:, i])
-    out = write_table(df, _csv_path(path), formats=("csv",))
+    # the only copy of the table: every float written so that it reads back exactly
+    out = write_table(df, _csv_path(path), formats=("csv",), csv_digits=None)
     return [str(p) for p in out]
 
 

@@ -9,11 +9,11 @@ How a run is laid out on disk (``OUT`` = the ``--out`` folder)::
     OUT/parts/<file>/cells.parquet        cells of every unit of the file (no run-level columns)
     OUT/parts/<file>/spots.parquet
     OUT/parts/<file>/labels/<image>_cells.tif (+ _nuclei.tif)
-    OUT/parts/<file>/qc/<image>_overlay.png
+    OUT/parts/<file>/qc/<image>_exo.npy   (EV plane; overlays are drawn at merge)
     OUT/manifest.jsonl                    one line per finished file (appended, fsync'ed)
     OUT/failures.csv                      image, path, error (only when something failed)
     OUT/exouptake.log                     log of every run on OUT (appended)
-    OUT/cells.csv, cells.parquet, spots.csv, images.csv, labels/, qc/, run.json   (merged)
+    OUT/{cells,spots,images}.{csv,parquet}, columns.md, labels/, qc/, run.json, report.html
 
 Each part is written into a temporary folder and renamed into place, so a killed run leaves
 whole parts or none. A part is reused when its key matches: the SHA-256 of the config sections
@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -706,19 +706,22 @@ _WORKER_LOGS: set[str] = set()
 
 @contextlib.contextmanager
 def _log_to_file(path: Path) -> Iterator[None]:
-    pkg = logging.getLogger("napari_exouptake")
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    old_level = pkg.level
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
+    # ours, Cellpose's (">>>> loading model ...") and Python warnings (torch's) go to the file
+    loggers = [logging.getLogger(n) for n in ("napari_exouptake", "cellpose", "py.warnings")]
+    old_levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
     try:
         yield
     finally:
-        pkg.removeHandler(handler)
-        pkg.setLevel(old_level)
+        for lg, level in zip(loggers, old_levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
         handler.close()
 
 
@@ -736,9 +739,13 @@ def _worker_logging(out: str) -> None:
     handler = logging.FileHandler(Path(out) / _LOG_NAME, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    if pkg.getEffectiveLevel() > logging.INFO:
-        pkg.setLevel(logging.INFO)
-    pkg.addHandler(handler)
+    logging.captureWarnings(True)  # torch's warnings into the log, not the console
+    for lg in (pkg, logging.getLogger("cellpose"), logging.getLogger("py.warnings")):
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+    for lg in (logging.getLogger("cellpose"), logging.getLogger("py.warnings")):
+        lg.propagate = False  # worker processes have no console filter
 
 
 # -- reading stacks ----------------------------------------------------------------------------
@@ -920,10 +927,8 @@ def _run_task(task: _Task) -> dict[str, Any]:
 
 
 def _analyze_file(task: _Task) -> dict[str, Any]:
-    import imageio.v3 as iio
-
     from .io import write_labels
-    from .pipeline import analyze_image, qc_overlay
+    from .pipeline import analyze_image
 
     out = Path(task.out)
     parts = out / "parts"
@@ -946,8 +951,9 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             if res.nuclei_labels is not None:
                 write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(res.nuclei_labels))
             if task.overlays and res.exo_image is not None:
+                # the overlay is drawn at merge time (run-wide contrast, positive cells)
                 (tmp / "qc").mkdir(exist_ok=True)
-                iio.imwrite(tmp / "qc" / f"{unit.name}_overlay.png", qc_overlay(res))
+                np.save(tmp / "qc" / f"{unit.name}_exo.npy", _qc_plane(res.exo_image))
             units_meta.append(
                 {
                     "image": unit.name,
@@ -1301,7 +1307,10 @@ _PUBLISHED = (
     "cells.csv",
     "cells.parquet",
     "spots.csv",
+    "spots.parquet",
     "images.csv",
+    "images.parquet",
+    "columns.md",
     "failures.csv",
     "run.json",
     "labels",
@@ -1529,7 +1538,11 @@ def merge_parts(
         finally:
             if gen.exists():
                 shutil.rmtree(gen, ignore_errors=True)
-    return {k: out / p.name for k, p in paths.items()}
+        published = {k: out / p.name for k, p in paths.items()}
+        report = refresh_report(out)
+        if report is not None:
+            published["report"] = report
+    return published
 
 
 def _merge_into(
@@ -1655,8 +1668,11 @@ def _merge_into(
 
     paths: dict[str, Path] = {}
     paths["cells"] = write_table(cells, gen / "cells")[0]
-    paths["spots"] = write_table(spots, gen / "spots", formats=("csv",))[0]
-    paths["images"] = write_table(images, gen / "images", formats=("csv",))[0]
+    paths["spots"] = write_table(spots, gen / "spots")[0]
+    paths["images"] = write_table(images, gen / "images")[0]
+    from ._columns import write_columns_doc
+
+    paths["columns"] = write_columns_doc(gen, {"cells": cells, "spots": spots, "images": images})
     prev = _current_generation(out)
     for r in results:  # only this run's images: labels of removed inputs do not linger
         pdir = files_of[r.image]
@@ -1668,6 +1684,7 @@ def _merge_into(
             src = pdir / sub / name
             if src.is_file():
                 _place(src, gen / sub / name, prev / sub / name if prev else None)
+    _write_merged_qc(gen, results, files_of)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
@@ -1705,6 +1722,78 @@ def _check_part_key(
         + f" than this run ({', '.join(what)} differ); refusing to mix results. Was another "
         "run writing to the same --out? Rerun to redo that image"
     )
+
+
+def refresh_report(out: str | Path) -> Path | None:
+    """Rewrite ``out/report.html`` from the tables just written; on failure remove the old
+    one (a stale report must not outlive a rerun) and log a warning."""
+    from .report import write_report
+
+    out = Path(out)
+    try:
+        return write_report(out)
+    except Exception as exc:  # the tables are written: a report problem must not fail the run
+        (out / "report.html").unlink(missing_ok=True)
+        log.warning("report.html not written (%s); run `exouptake report %s` to retry", exc, out)
+        return None
+
+
+def _qc_plane(exo: np.ndarray) -> np.ndarray:
+    """The EV channel as the QC overlay shows it: 2D (maximum projection), float32."""
+    exo = np.asarray(exo)
+    plane = exo.max(axis=0) if exo.ndim == 3 else exo
+    k = _qc_step(plane.shape)
+    return np.ascontiguousarray(plane[::k, ::k], dtype=np.float32)
+
+
+def _qc_step(shape: tuple[int, ...], max_side: int = 2048) -> int:
+    """Subsampling step of the saved QC plane: whole-well images are kept at <= 2048 px."""
+    return max(1, -(-max(shape[-2:]) // max_side))
+
+
+def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
+    """``qc/<image>_overlay.png`` for every merged image: one contrast for the whole run,
+    EV-positive cells marked (run-level calls), from each part's saved EV plane and labels."""
+    from ._qc import run_contrast
+    from .io import read_labels
+    from .pipeline import write_qc
+
+    planes = {
+        r.image: files_of[r.image] / "qc" / f"{r.image}_exo.npy"
+        for r in results
+        if (files_of[r.image] / "qc" / f"{r.image}_exo.npy").is_file()
+    }
+    if not planes:
+        return
+    contrast = run_contrast(np.load(p, mmap_mode="r") for p in planes.values())
+    for r in results:
+        if r.image not in planes:
+            continue
+        pdir = files_of[r.image]
+        cells_lab = read_labels(pdir / "labels" / f"{r.image}_cells.tif")
+        nuc_path = pdir / "labels" / f"{r.image}_nuclei.tif"
+        nuclei = read_labels(nuc_path) if nuc_path.is_file() else None
+        k = _qc_step(cells_lab.shape)
+        shown = r
+        if k > 1:  # the saved plane was subsampled: subsample the labels, scale the puncta
+            cells_lab = cells_lab[..., ::k, ::k]
+            nuclei = None if nuclei is None else nuclei[..., ::k, ::k]
+            spots = r.spots.copy()
+            spots[["y", "x"]] = spots[["y", "x"]] / k
+            ps = r.provenance.get("pixel_size_um")
+            prov = {**r.provenance, "pixel_size_um": ps * k if ps else ps}
+            shown = replace(r, spots=spots, provenance=prov)
+        try:
+            write_qc(
+                out / "qc" / f"{r.image}_overlay.png",
+                shown,
+                contrast,
+                exo=np.load(planes[r.image]),
+                cells_labels=cells_lab,
+                nuclei_labels=nuclei,
+            )
+        except Exception as exc:  # a QC picture must not fail the run
+            log.warning("%s: QC overlay not written: %s", r.image, exc)
 
 
 def _dtype(value: Any) -> str | None:
@@ -1819,6 +1908,26 @@ def _pixel_limit(max_pixels: int | None, workers: int, scheduler: str | None) ->
     return max_pixels
 
 
+def _preflight_channels(config: AssayConfig, files: Sequence[InputFile]) -> None:
+    """Check the config's channel roles against the first input's channels before any work:
+    a role the image does not have is a usage error (exit code 2), not one failure per image.
+    An unreadable first file is left to the batch (it fails on its own)."""
+    if not files:
+        return
+    from .io import ImageReadError, read_image
+    from .pipeline import check_channels
+
+    first = files[0]
+    try:
+        image = read_image(first.path, axes=config.axes)
+    except ImageReadError:
+        return
+    try:
+        check_channels(config, image.channel_names)
+    except ConfigError as exc:
+        raise BatchUsageError(f"{exc} (checked on {first.path.name}, the first input)") from None
+
+
 def _check_model(config: AssayConfig, scheduler: str | None) -> None:
     """Fail fast (usage error) when the segmentation model is not available here.
 
@@ -1895,12 +2004,9 @@ def _run_tasks(
         log.info(
             "%d image(s) already done with the same config and files: skipped", len(result.skipped)
         )
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with (
-        _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar,
-        logging_redirect_tqdm(),
-    ):
+    # console records go through the CLI's tqdm-safe handler (cli._TqdmSafeHandler); tqdm's
+    # own logging redirect would add an unfiltered handler that prints every INFO line
+    with _progress_bar(len(todo), tasks[0].kind if tasks else "", progress) as bar:
         by_name = {t.name: t for t in todo}
         for outcome in _execute(todo, workers, scheduler):
             task = by_name[outcome["image"]]
@@ -2027,6 +2133,7 @@ def analyze_batch(
     with _output_errors(out):
         config, out, files = _prepare(inputs, config, out, labels, workers)
         config.check_roles("quantify" if labels is not None else "analyze")
+        _preflight_channels(config, files)
         if labels is None:
             _check_model(config, scheduler)
         sheet = sample_sheet
@@ -2114,6 +2221,10 @@ def analyze_batch(
                 if gen.exists():
                     shutil.rmtree(gen, ignore_errors=True)
             result.tables = {k: out / p.name for k, p in paths.items()}
+            if paths:
+                report = refresh_report(out)
+                if report is not None:
+                    result.tables["report"] = report
             result.wall_s = time.perf_counter() - t0
             log.info(
                 "analyzed %d, reused %d, failed %d image file(s) in %.1f s -> %s",

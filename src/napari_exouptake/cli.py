@@ -33,88 +33,126 @@ _MAX_PIXELS_HELP = (
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; wider help column."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # required options and switches have no default worth showing; options whose default
+        # is "not given" say in their help what happens then
+        default = action.default
+        if action.required or default is None or default is False or default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
+    fmt = {"formatter_class": _HelpFormatter}
     p = argparse.ArgumentParser(
         prog="exouptake",
-        description="Exosome uptake, angiogenesis and collagen quantification (napari-exouptake).",
+        description="Exosome uptake, angiogenesis and collagen quantification (napari-exouptake). "
+        "Exit codes: 0 success; 1 some inputs failed (see failures.csv); 2 usage or config error.",
+        **fmt,
     )
     p.add_argument("--version", action="version", version=f"exouptake {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more console output (-v info, -vv debug)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample dataset")
+    d = sub.add_parser("demo", help="run the whole pipeline on the bundled sample dataset", **fmt)
     d.add_argument("--out", type=Path, default=Path("exouptake_demo"), help="output folder")
 
-    c = sub.add_parser("config", help="print or check an assay config")
+    c = sub.add_parser("config", help="print or check an assay config", **fmt)
     c.add_argument("--template", action="store_true", help="print a commented default config")
     c.add_argument("--check", type=Path, metavar="FILE", help="validate a config file")
+    c.add_argument(
+        "--image",
+        type=Path,
+        metavar="IMG",
+        help="with --check: also resolve every channel role against this image's channels",
+    )
 
-    a = sub.add_parser("analyze", help="segment, detect puncta and measure cells")
+    a = sub.add_parser("analyze", help="segment, detect puncta and measure cells", **fmt)
     a.add_argument("inputs", nargs="+", help="image files, folders or globs")
     a.add_argument("--config", type=Path, required=True, help="assay config (YAML)")
-    a.add_argument("--out", type=Path, required=True, help="output folder")
-    a.add_argument("--labels", type=Path, help="label image, or folder of <image>_cells.tif")
+    a.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes)")
+    a.add_argument(
+        "--labels", type=Path, help="label image, or folder of <image>_cells.tif (no segmenting)"
+    )
     a.add_argument("--workers", type=int, default=1, help="local worker processes")
-    a.add_argument("--scheduler", help="Dask scheduler address, or 'local' for a local cluster")
+    a.add_argument(
+        "--scheduler", help="Dask scheduler address, or 'local' for a local cluster (none: serial)"
+    )
     a.add_argument("--sample-sheet", type=Path, help="CSV: pattern,condition,dose,replicate,well")
     a.add_argument("--max-pixels", type=int, help=_MAX_PIXELS_HELP)
 
-    s = sub.add_parser("segment", help="segmentation only: writes labels/<image>_cells.tif")
-    s.add_argument("inputs", nargs="+")
-    s.add_argument("--config", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("segment", help="segmentation only: writes labels/<image>_cells.tif", **fmt)
+    s.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    s.add_argument("--config", type=Path, required=True, help="assay config (YAML)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--max-pixels", type=int, help=_MAX_PIXELS_HELP)
 
-    m = sub.add_parser("simulate", help="synthetic assay images with exact ground truth")
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--n-images", type=int, default=8)
-    m.add_argument("--seed", type=int, default=0)
+    m = sub.add_parser("simulate", help="synthetic assay images with exact ground truth", **fmt)
+    m.add_argument("--out", type=Path, required=True, help="output folder")
+    m.add_argument("--n-images", type=int, default=8, help="number of images")
+    m.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
     m.add_argument("--difficulty", default="normal", help="easy | normal | hard | 0..1")
     m.add_argument("--size", type=int, default=512, help="image height and width in pixels")
 
-    r = sub.add_parser("report", help="per-condition statistics, plots, one HTML file")
-    r.add_argument("results", type=Path)
-    r.add_argument("--control", help="control condition name (default: from run config)")
-    r.add_argument("--out", type=Path, help="HTML file (default RESULTS/report.html)")
+    r = sub.add_parser("report", help="per-condition statistics, plots, one HTML file", **fmt)
+    r.add_argument("results", type=Path, help="output folder of `exouptake analyze`")
+    r.add_argument("--control", help="control condition name (none: from the run's config)")
+    r.add_argument("--out", type=Path, help="HTML file (none: RESULTS/report.html)")
 
-    t = sub.add_parser("train", help="train or fine-tune a Cellpose model (Cellpose 3)")
+    t = sub.add_parser("train", help="train or fine-tune a Cellpose model (Cellpose 3)", **fmt)
     t.add_argument("--images", type=Path, required=True, help="folder of training images")
     t.add_argument("--labels", type=Path, required=True, help="folder of <image>_cells.tif")
     t.add_argument("--out", type=Path, required=True, help="output model file")
     t.add_argument("--channels", default="cell,nucleus", help="roles or indices, e.g. 1,0")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=100, help="training epochs")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--learning-rate", type=float, default=0.005, help="AdamW peak rate")
-    t.add_argument("--from-model", help="start from this model (fine-tuning)")
+    t.add_argument("--from-model", help="start from this model (fine-tuning; none: from scratch)")
 
-    v = sub.add_parser("validate", help="accuracy of a run against ground truth")
-    v.add_argument("results", type=Path)
-    v.add_argument("--truth", type=Path, required=True)
+    v = sub.add_parser("validate", help="accuracy of a run against ground truth", **fmt)
+    v.add_argument("results", type=Path, help="output folder of `exouptake analyze`")
+    v.add_argument(
+        "--truth", type=Path, required=True, help="simulator folder or reference results folder"
+    )
 
-    ds = sub.add_parser("dataset", help="shareable dataset bundles")
+    ds = sub.add_parser("dataset", help="shareable dataset bundles", **fmt)
     dsub = ds.add_subparsers(dest="dataset_command", metavar="ACTION")
-    pk = dsub.add_parser("pack", help="make a bundle from a folder of images")
-    pk.add_argument("src", type=Path)
-    pk.add_argument("--config", type=Path, required=True)
-    pk.add_argument("--out", type=Path, required=True)
-    pk.add_argument("--with-results", action="store_true")
-    pk.add_argument("--name")
+    pk = dsub.add_parser("pack", help="make a bundle from a folder of images", **fmt)
+    pk.add_argument("src", type=Path, help="folder of images")
+    pk.add_argument("--config", type=Path, required=True, help="assay config (YAML)")
+    pk.add_argument("--out", type=Path, required=True, help="bundle folder or .zip")
+    pk.add_argument(
+        "--with-results", action="store_true", help="analyse and include reference results"
+    )
+    pk.add_argument("--name", help="bundle name (none: the folder's name)")
     pk.add_argument(
         "--labels", help="'ground_truth' or a label folder: quantify with these, not segmenting"
     )
-    pk.add_argument("--description")
-    pk.add_argument("--licence", default="CC-BY-4.0")
+    pk.add_argument("--description", help="one-paragraph description")
+    pk.add_argument("--licence", default="CC-BY-4.0", help="data licence (SPDX id)")
     pk.add_argument("--author", action="append", help="author name (repeat for several)")
     for name, helptext in (
         ("verify", "check every hash and the schema"),
         ("validate", "re-run the analysis and compare with the reference results"),
     ):
-        x = dsub.add_parser(name, help=helptext)
-        x.add_argument("bundle", type=Path)
-    f = dsub.add_parser("fetch", help="download a bundle (hash checked)")
-    f.add_argument("url")
-    f.add_argument("--sha256", required=True)
-    f.add_argument("--out", type=Path)
+        x = dsub.add_parser(name, help=helptext, **fmt)
+        x.add_argument("bundle", type=Path, help="bundle folder or .zip")
+    f = dsub.add_parser("fetch", help="download a bundle (hash checked)", **fmt)
+    f.add_argument("url", help="https:// or file:// address of the bundle")
+    f.add_argument("--sha256", required=True, help="expected SHA-256 of the download")
+    f.add_argument("--out", type=Path, help="where to put it (none: the pooch cache)")
     return p
 
 
@@ -122,15 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exouptake`` console script; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    quiet = args.command == "demo"  # the demo prints its own progress and summary
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose or not quiet
-        else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    console = _console_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -160,6 +190,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("exouptake: interrupted", file=sys.stderr)
         return 130
+    finally:
+        console.summary()
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console shows each warning once (repeats are counted and summarised at the end)
+    and, unless ``-v``, nothing below ERROR from other packages (Cellpose, torch warnings):
+    those go to the run's log file only."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.seen: set[tuple[str, str]] = set()
+        self.repeats = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name.startswith("napari_exouptake")
+        if not self.verbose and not ours and record.levelno < logging.ERROR:
+            return False
+        if record.levelno >= logging.WARNING and not self.verbose:
+            key = (record.name, record.getMessage())
+            if key in self.seen:
+                self.repeats += 1
+                return False
+            self.seen.add(key)
+        return True
+
+    def summary(self) -> None:
+        if self.repeats:
+            print(
+                f"exouptake: {self.repeats} repeated warning(s) not shown (all are in the "
+                "run's exouptake.log)",
+                file=sys.stderr,
+            )
+        self.repeats = 0
+
+
+class _TqdmSafeHandler(logging.Handler):
+    """Writes records to stderr through ``tqdm.write``, so they never break a progress bar
+    (and ``tqdm``'s logging redirect, which drops filters, leaves it alone)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _console_logging(verbose: int) -> _ConsoleFilter:
+    """Console log: warnings only by default (-v: info, -vv: debug); Python warnings are
+    routed to logging so they land in the log file, not on the console."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_exouptake_console", False):
+            root.removeHandler(h)
+    handler = _TqdmSafeHandler()
+    handler._exouptake_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    filt = _ConsoleFilter(verbose)
+    handler.addFilter(filt)
+    handler.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > handler.level:
+        root.setLevel(handler.level)
+    logging.captureWarnings(True)
+    return filt
 
 
 def _load_config(path: Path):
@@ -171,14 +269,30 @@ def _load_config(path: Path):
 def _cmd_config(args) -> int:
     from .config import template_config
 
+    if args.image and not args.check:
+        raise UsageError("--image needs --check FILE (the config to check against the image)")
     if args.check:
         cfg = _load_config(args.check)
-        print(f"{args.check}: valid ({len(cfg.channels.markers)} marker(s))")
+        if args.image:
+            from .io import read_image
+            from .pipeline import check_channels
+
+            image = read_image(args.image, axes=cfg.axes)
+            roles = check_channels(cfg, image.channel_names)
+            names = image.channel_names
+            print(f"{args.check}: valid for {args.image.name}:")
+            for key, idx in roles.items():
+                print(f"  {key:<28} -> channel {idx} ({names[idx]})")
+            return EXIT_OK
+        print(
+            f"{args.check}: valid ({len(cfg.channels.markers)} marker(s)); channel names are "
+            "checked against an image with --image IMG"
+        )
         return EXIT_OK
     if args.template:
         sys.stdout.write(template_config())
         return EXIT_OK
-    raise UsageError("give --template to print a default config, or --check FILE")
+    raise UsageError("give --template to print a default config, or --check FILE [--image IMG]")
 
 
 def _cmd_simulate(args) -> int:

@@ -149,13 +149,14 @@ class PositivityRule(_Frozen):
     metric : str
         Column the rule applies to (``exo_spot_count``, ``mean_intensity`` ...).
     percentile : float
-        Percentile (0-100) of control cells for ``control``.
+        Percentile (0-100) of control cells for ``control`` (default 95: at most 5 % of the
+        control's cells are called positive).
     """
 
     method: Literal["fixed", "auto", "control"] = "auto"
     value: float | None = None
     metric: str = "mean_intensity"
-    percentile: float = Field(99.0, ge=0.0, le=100.0)
+    percentile: float = Field(95.0, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _fixed_needs_value(self) -> PositivityRule:
@@ -329,6 +330,10 @@ class SpotsConfig(_Frozen):
         return data
 
 
+#: the uptake rule implied by ``positivity.control_condition`` when no ``exosome`` rule is given
+CONTROL_EXO_RULE = {"method": "control", "metric": "exo_spot_count", "percentile": 95.0}
+
+
 class PositivityConfig(_Frozen):
     """Positivity calls for uptake and markers.
 
@@ -340,6 +345,15 @@ class PositivityConfig(_Frozen):
     exosome: PositivityRule = PositivityRule(method="fixed", value=1, metric="exo_spot_count")
     markers: PositivityRule = PositivityRule(method="auto", metric="mean_intensity")
     control_condition: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _control_sets_uptake_cutoff(cls, data: Any) -> Any:
+        """With a ``control_condition`` and no ``exosome`` rule, the control sets the cut-off:
+        EV-positive = more puncta than the control's 95th percentile (``CONTROL_EXO_RULE``)."""
+        if isinstance(data, Mapping) and data.get("control_condition") and "exosome" not in data:
+            data = {**data, "exosome": CONTROL_EXO_RULE}
+        return data
 
 
 class TubesConfig(_Frozen):
@@ -718,18 +732,19 @@ spots:
   cluster_estimate: true  # estimate EVs per bright aggregate from the typical single punctum
   exclude_border_px: 0    # ignore puncta this close to the image border
 
-positivity:
-  exosome:                # EV-positive cell: exo_spot_count >= 1 by default
-    method: fixed         # fixed | auto | control (percentile of control_condition cells)
-    value: 1
-    metric: exo_spot_count
-    percentile: 99.0
-  markers:                # default rule for every marker without its own positivity
-    method: auto
-    value: null
+positivity:                 # see docs/positivity.md
+  control_condition: null   # e.g. dye_only: with no exosome rule below, EV-positive = more
+                            # puncta than the 95th percentile of this condition's cells
+  # exosome:                # uncomment to set the uptake rule yourself; default without a
+  #   method: fixed         # control: exo_spot_count >= 1. fixed | auto | control
+  #   value: 1
+  #   metric: exo_spot_count  # or exo_spot_estimate, exo_integrated_intensity ...
+  #   percentile: 95.0      # control: cut-off = this percentile of the control's cells
+  markers:                  # default rule for every marker without its own positivity
+    method: auto            # auto: two-population fit on log intensity (warns when the run
+    value: null             # has no separate positive population); fixed; control
     metric: mean_intensity
-    percentile: 99.0
-  control_condition: null # e.g. dye_only: its cells set 'control' thresholds
+    percentile: 95.0
 
 tubes: null               # e.g. {channel: 3}: tube-formation network analysis on that channel
 collagen: null            # e.g. {channel: 4}: collagen area and fibre architecture

@@ -990,8 +990,9 @@ def _write_reference(results: Sequence, root: Path, config, labels_given: bool) 
     if ref.exists():
         shutil.rmtree(ref)
     write_outputs(results, ref, config, overlays=False)
-    with contextlib.suppress(FileNotFoundError):
-        (ref / "cells.parquet").unlink()
+    for stem in ("cells", "spots", "images"):  # the reference keeps the CSV tables only
+        with contextlib.suppress(FileNotFoundError):
+            (ref / f"{stem}.parquet").unlink()
     if labels_given:  # the labels are the given ones: no need to store them twice
         shutil.rmtree(ref / "labels", ignore_errors=True)
     run = json.loads((ref / "run.json").read_text())

@@ -1127,7 +1127,12 @@ def _open_zarr_level0(path: Path):
     return da.from_zarr(node)
 
 
-def write_table(df, path: str | Path, formats: Sequence[str] = ("csv", "parquet")) -> list[Path]:
+def write_table(
+    df,
+    path: str | Path,
+    formats: Sequence[str] = ("csv", "parquet"),
+    csv_digits: int | None = 10,
+) -> list[Path]:
     """Write a pandas table as ``<path>.csv`` and/or ``<path>.parquet``, atomically.
 
     Parameters
@@ -1136,15 +1141,23 @@ def write_table(df, path: str | Path, formats: Sequence[str] = ("csv", "parquet"
     path : str or Path
         Destination without suffix (a given ``.csv``/``.parquet`` suffix is dropped).
     formats : sequence of {"csv", "parquet"}
+    csv_digits : int or None
+        Significant digits of floats in the CSV (10: ``118.3``, not ``118.30000000000001``;
+        Parquet keeps full precision). None: every float written so it reads back exactly.
     """
     path = Path(path)
     if path.suffix in (".csv", ".parquet"):
         path = path.with_suffix("")
+    float_format = None if csv_digits is None else f"%.{int(csv_digits)}g"
     written = []
     for fmt in formats:
         target = path.with_name(path.name + "." + fmt)
         if fmt == "csv":
-            written.append(atomic_write(target, lambda tmp: df.to_csv(tmp, index=False)))
+            written.append(
+                atomic_write(
+                    target, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format)
+                )
+            )
         elif fmt == "parquet":
             written.append(atomic_write(target, lambda tmp: df.to_parquet(tmp, index=False)))
         else:

@@ -39,7 +39,10 @@ __all__ = [
     "apply_positivity",
     "assign_spots",
     "auto_threshold",
+    "control_threshold",
     "measure_cells",
+    "mixture_threshold",
+    "positivity_calls",
     "summarize_image",
 ]
 
@@ -588,6 +591,122 @@ def auto_threshold(values: np.ndarray, *, log: bool = True, nbins: int = 256) ->
     return float(np.exp(thr_t) + lo - eps) if log else float(thr_t)
 
 
+#: fewer cells than this in an ``auto`` fit: the threshold is reported with a warning
+MIN_AUTO_CELLS = 100
+#: a two-population fit is accepted when Ashman's D between its components is at least this
+#: (D > 2: the two populations are cleanly separated) ...
+MIN_SEPARATION_D = 2.0
+#: ... and the smaller population holds at least this fraction of the cells
+MIN_MINOR_FRACTION = 0.02
+#: fallback when no second population separates: median + this many robust SD (log scale)
+FALLBACK_ROBUST_SD = 3.0
+
+
+def _em_two_gaussians(t: np.ndarray, iters: int = 300) -> tuple[np.ndarray, ...]:
+    """1D two-component Gaussian mixture by expectation-maximisation.
+
+    Started from the lower and upper halves of the sorted values. Returns weights, means,
+    standard deviations (components sorted by mean) and the log-likelihood.
+    """
+    t = np.sort(t)
+    n = t.size
+    k = n // 2
+    w = np.array([0.5, 0.5])
+    mu = np.array([t[:k].mean(), t[k:].mean()])
+    floor = max(1e-3 * float(t.std()), 1e-9)
+    sd = np.maximum(np.array([t[:k].std(), t[k:].std()]), floor)
+    ll_old = -np.inf
+    ll = -np.inf
+    for _ in range(iters):
+        dens = w / (sd * np.sqrt(2 * np.pi)) * np.exp(-0.5 * ((t[:, None] - mu) / sd) ** 2)
+        tot = dens.sum(axis=1) + 1e-300
+        ll = float(np.log(tot).sum())
+        resp = dens / tot[:, None]
+        nk = np.maximum(resp.sum(axis=0), 1e-12)
+        w = nk / n
+        mu = (resp * t[:, None]).sum(axis=0) / nk
+        sd = np.maximum(np.sqrt((resp * (t[:, None] - mu) ** 2).sum(axis=0) / nk), floor)
+        if ll - ll_old < 1e-9 * max(1.0, abs(ll)):
+            break
+        ll_old = ll
+    order = np.argsort(mu)
+    return w[order], mu[order], sd[order], ll
+
+
+def mixture_threshold(values: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """Marker threshold from a two-population fit, with a documented fallback.
+
+    Marker intensities of negative and positive cells are roughly log-normal, so a mixture of
+    two Gaussians is fitted to ``log(value)`` (values shifted to be positive when needed).
+    The fit is accepted when it separates: the two-component model beats one component by
+    BIC (by more than 10), Ashman's D between the components is at least
+    :data:`MIN_SEPARATION_D` and the smaller component holds at least
+    :data:`MIN_MINOR_FRACTION` of the cells. The threshold is then where a cell is equally
+    likely to belong to either component. Unlike Otsu's method, this does not assume two
+    populations of similar size, so a run of controls (say 10 % positive cells) is not split
+    in the middle of its negative population.
+
+    When no second population separates, the cells are taken as one (negative) population and
+    cells above ``median + 3 x 1.4826 x MAD`` of the log values are positive (about 0.1 % of
+    a log-normal population), with a warning.
+
+    Parameters
+    ----------
+    values : (N,) array
+        Per-cell metric (e.g. ``cd31_mean_intensity``).
+
+    Returns
+    -------
+    (float, dict)
+        The threshold (positive means ``value >= threshold``; ``+inf`` when fewer than two
+        distinct finite values exist) and what it was fitted on: ``rule`` (``mixture``,
+        ``single_population`` or ``none``), ``n_cells``, ``separation_d``,
+        ``positive_component_fraction`` and ``warnings`` (a list of sentences).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    info: dict[str, Any] = {"rule": "none", "n_cells": int(v.size), "warnings": []}
+    if v.size < 2 or v.min() == v.max():
+        info["warnings"].append(
+            f"{v.size} cell(s) with distinct values: nobody can be called positive"
+        )
+        return float("inf"), info
+    if v.size < MIN_AUTO_CELLS:
+        info["warnings"].append(
+            f"fitted on {v.size} cells (fewer than {MIN_AUTO_CELLS}): the automatic threshold "
+            "is unreliable; set a fixed value or a control rule"
+        )
+    lo = float(v.min())
+    shift = 0.0 if lo > 0 else -lo + max((np.median(v) - lo) * 1e-3, 1e-12)
+    t = np.log(v + shift)
+    n = t.size
+    s1 = max(float(t.std()), 1e-12)
+    ll1 = float(np.sum(-0.5 * ((t - t.mean()) / s1) ** 2 - np.log(s1 * np.sqrt(2 * np.pi))))
+    w, mu, sd, ll2 = _em_two_gaussians(t)
+    d = float(np.sqrt(2.0) * abs(mu[1] - mu[0]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2))
+    dbic = (-2 * ll1 + 2 * np.log(n)) - (-2 * ll2 + 5 * np.log(n))
+    info["separation_d"] = round(d, 2)
+    separates = dbic > 10 and d >= MIN_SEPARATION_D and w.min() >= MIN_MINOR_FRACTION
+    if separates:
+        grid = np.linspace(mu[0], mu[1], 4001)
+        logp = np.log(w / sd) - 0.5 * ((grid[:, None] - mu) / sd) ** 2
+        above = np.flatnonzero(logp[:, 1] >= logp[:, 0])
+        thr_t = grid[above[0]] if above.size else mu[1]
+        info["rule"] = "mixture"
+        info["positive_component_fraction"] = round(float(w[1]), 3)
+        return float(np.exp(thr_t) - shift), info
+    med = float(np.median(t))
+    rsd = 1.4826 * float(np.median(np.abs(t - med)))
+    info["rule"] = "single_population"
+    info["warnings"].append(
+        "no separate positive population (two-population fit: D = "
+        f"{d:.2f}, needs >= {MIN_SEPARATION_D:g}): cells above median + "
+        f"{FALLBACK_ROBUST_SD:g} robust SD are called positive; include positive cells in the "
+        "run or set a fixed value or a control rule"
+    )
+    return float(np.exp(med + FALLBACK_ROBUST_SD * rsd) - shift), info
+
+
 def _rule_attr(rule: Any, key: str, default: Any = None) -> Any:
     if rule is None:
         return default
@@ -606,18 +725,32 @@ def _metric_column(df: pd.DataFrame, prefix: str, metric: str) -> str:
     )
 
 
+def control_threshold(control_values: np.ndarray, percentile: float) -> float:
+    """The ``percentile`` of the control cells' values, taken as an observed value.
+
+    numpy's ``method="higher"``: the threshold is one of the control cells' values, so with
+    ``value > threshold`` at most ``100 - percentile`` % of the control cells are positive,
+    also for counts with ties (an interpolated percentile would not promise that).
+    """
+    cv = np.asarray(control_values, dtype=float)
+    cv = cv[np.isfinite(cv)]
+    return float(np.percentile(cv, percentile, method="higher"))
+
+
 def _threshold_for(
     rule: Any, values: np.ndarray, control_values: np.ndarray | None, what: str
-) -> tuple[float, bool]:
-    """Threshold and whether the comparison is strict (``>``) or not (``>=``)."""
+) -> tuple[float, bool, dict[str, Any]]:
+    """Threshold, whether the comparison is strict (``>``) or not (``>=``), and its record."""
     method = _rule_attr(rule, "method", "auto")
     if method == "fixed":
         value = _rule_attr(rule, "value")
         if value is None:
             raise ValueError(f"positivity for {what}: method 'fixed' needs a value")
-        return float(value), False
+        return float(value), False, {"fitted_on": "fixed value", "warnings": []}
     if method == "auto":
-        return auto_threshold(values), False
+        thr, info = mixture_threshold(values)
+        info["fitted_on"] = f"all {info['n_cells']} cells of the run"
+        return thr, False, info
     if method == "control":
         if control_values is None:
             raise ValueError(
@@ -627,9 +760,88 @@ def _threshold_for(
         cv = control_values[np.isfinite(control_values)]
         if cv.size == 0:
             raise ValueError(f"positivity for {what}: the control cells have no finite values")
-        pct = float(_rule_attr(rule, "percentile", 99.0))
-        return float(np.percentile(cv, pct)), True
+        pct = float(_rule_attr(rule, "percentile", 95.0))
+        info = {"fitted_on": f"{cv.size} control cells", "n_cells": int(cv.size), "warnings": []}
+        if cv.size < MIN_AUTO_CELLS:
+            info["warnings"].append(
+                f"the control has {cv.size} cells (fewer than {MIN_AUTO_CELLS}): its "
+                f"{pct:g}th percentile is uncertain"
+            )
+        return control_threshold(cv, pct), True, info
     raise ValueError(f"positivity for {what}: unknown method {method!r} (fixed, auto, control)")
+
+
+def positivity_calls(
+    cells_df: pd.DataFrame,
+    positivity_cfg: Any = None,
+    marker_names: Sequence[str] | None = None,
+    control_cells: pd.DataFrame | None = None,
+    *,
+    marker_rules: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, dict[str, Any]]]:
+    """:func:`apply_positivity` plus a record of each rule.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict of str to float, dict of str to dict)
+        As :func:`apply_positivity`, and per readout (``"exo"``, marker names): ``method``,
+        ``metric`` (the column), ``percentile`` (control rules), ``threshold``,
+        ``comparison`` (``">="`` or ``">"``), ``fitted_on`` (which cells), ``rule``
+        (``auto``: ``mixture`` or ``single_population``), ``n_positive``, ``n_cells`` and
+        ``warnings`` (sentences, empty when all is well).
+    """
+    if not isinstance(cells_df, pd.DataFrame):
+        raise ValueError(f"cells_df must be a pandas DataFrame, got {type(cells_df).__name__}")
+    exo_rule = _rule_attr(positivity_cfg, "exosome") or {
+        "method": "fixed",
+        "value": 1,
+        "metric": "exo_spot_count",
+    }
+    default_marker_rule = _rule_attr(positivity_cfg, "markers") or {
+        "method": "auto",
+        "metric": "mean_intensity",
+    }
+    if marker_names is None:
+        marker_names = [
+            c[: -len("_mean_intensity")]
+            for c in cells_df.columns
+            if c.endswith("_mean_intensity") and not c.startswith("exo_")
+        ]
+    out = cells_df.copy()
+    thresholds: dict[str, float] = {}
+    records: dict[str, dict[str, Any]] = {}
+    jobs = [("exo", exo_rule)] + [
+        (m, (marker_rules or {}).get(m) or default_marker_rule) for m in marker_names
+    ]
+    for prefix, rule in jobs:
+        metric = _rule_attr(rule, "metric", "mean_intensity")
+        col = _metric_column(out, prefix, metric)
+        vals = out[col].to_numpy(dtype=float)
+        cvals = None
+        if control_cells is not None:
+            if col not in control_cells.columns:
+                raise ValueError(f"control cells lack column {col!r}")
+            cvals = control_cells[col].to_numpy(dtype=float)
+        thr, strict, info = _threshold_for(rule, vals, cvals, prefix)
+        with np.errstate(invalid="ignore"):
+            pos = (vals > thr if strict else vals >= thr) & np.isfinite(vals)
+        out[f"{prefix}_positive"] = pos
+        thresholds[prefix] = thr
+        method = _rule_attr(rule, "method", "auto")
+        rec: dict[str, Any] = {"method": method, "metric": col}
+        if method == "control":
+            rec["percentile"] = float(_rule_attr(rule, "percentile", 95.0))
+        rec.update(
+            threshold=thr if np.isfinite(thr) else None,
+            comparison=">" if strict else ">=",
+            n_positive=int(pos.sum()),
+            n_cells=int(len(vals)),
+        )
+        rec.update({k: v for k, v in info.items() if k != "n_cells"})
+        if "n_cells" in info:
+            rec["n_cells_fitted"] = info["n_cells"]
+        records[prefix] = rec
+    return out, thresholds, records
 
 
 def apply_positivity(
@@ -660,45 +872,13 @@ def apply_positivity(
     -------
     (pandas.DataFrame, dict of str to float)
         A copy with bool ``exo_positive`` and ``<name>_positive`` columns, and the threshold
-        used for each (keys ``"exo"`` and the marker names). ``fixed`` and ``auto``:
-        ``metric >= threshold``; ``control``: ``metric > percentile of control cells``.
+        used for each (keys ``"exo"`` and the marker names). ``fixed``: ``metric >= value``;
+        ``auto`` (:func:`mixture_threshold`): ``metric >= threshold``; ``control``
+        (:func:`control_threshold`): ``metric >`` the percentile of the control cells.
     """
-    if not isinstance(cells_df, pd.DataFrame):
-        raise ValueError(f"cells_df must be a pandas DataFrame, got {type(cells_df).__name__}")
-    exo_rule = _rule_attr(positivity_cfg, "exosome") or {
-        "method": "fixed",
-        "value": 1,
-        "metric": "exo_spot_count",
-    }
-    default_marker_rule = _rule_attr(positivity_cfg, "markers") or {
-        "method": "auto",
-        "metric": "mean_intensity",
-    }
-    if marker_names is None:
-        marker_names = [
-            c[: -len("_mean_intensity")]
-            for c in cells_df.columns
-            if c.endswith("_mean_intensity") and not c.startswith("exo_")
-        ]
-    out = cells_df.copy()
-    thresholds: dict[str, float] = {}
-    jobs = [("exo", exo_rule)] + [
-        (m, (marker_rules or {}).get(m) or default_marker_rule) for m in marker_names
-    ]
-    for prefix, rule in jobs:
-        metric = _rule_attr(rule, "metric", "mean_intensity")
-        col = _metric_column(out, prefix, metric)
-        vals = out[col].to_numpy(dtype=float)
-        cvals = None
-        if control_cells is not None:
-            if col not in control_cells.columns:
-                raise ValueError(f"control cells lack column {col!r}")
-            cvals = control_cells[col].to_numpy(dtype=float)
-        thr, strict = _threshold_for(rule, vals, cvals, prefix)
-        with np.errstate(invalid="ignore"):
-            pos = vals > thr if strict else vals >= thr
-        out[f"{prefix}_positive"] = pos & np.isfinite(vals)
-        thresholds[prefix] = thr
+    out, thresholds, _ = positivity_calls(
+        cells_df, positivity_cfg, marker_names, control_cells, marker_rules=marker_rules
+    )
     return out, thresholds
 
 

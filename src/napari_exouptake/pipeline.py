@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AssayConfig, ConfigError, config_hash, resolve_channel
+from .config import (
+    CONTROL_EXO_RULE,
+    AssayConfig,
+    ConfigError,
+    PositivityRule,
+    config_hash,
+    resolve_channel,
+)
 from .io import ImageData, read_image, read_labels, write_labels, write_table
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "condition_for",
     "finalize",
     "images_table",
+    "check_channels",
     "readout_overlays",
     "qc_overlay",
     "run_demo",
@@ -285,6 +293,43 @@ def _image_metadata(image: ImageData) -> dict:
     return meta
 
 
+def check_channels(config: AssayConfig, channel_names: Sequence[str]) -> dict[str, int]:
+    """Resolve every channel role of ``config`` against an image's channel names.
+
+    Parameters
+    ----------
+    config : AssayConfig
+    channel_names : sequence of str
+        One name per channel of the image (``ImageData.channel_names``).
+
+    Returns
+    -------
+    dict of str to int
+        Config key (``channels.exosome``, ``channels.markers.cd31``, ``tubes.channel`` ...)
+        -> channel index, for the roles the config sets.
+
+    Raises
+    ------
+    ConfigError
+        One message naming the key and the image's channels, for the first role the image
+        does not have.
+    """
+    ch = config.channels.resolve(channel_names)
+    out = {
+        f"channels.{role}": idx
+        for role in ("nucleus", "cell", "exosome")
+        if (idx := getattr(ch, role)) is not None
+    }
+    out.update({f"channels.markers.{k}": v for k, v in ch.markers.items()})
+    for key in ("tubes", "collagen"):
+        section = getattr(config, key)
+        if section is not None:
+            out[f"{key}.channel"] = resolve_channel(
+                section.channel, channel_names, f"{key}.channel"
+            )
+    return out
+
+
 def _detection_provenance(attrs: dict) -> dict:
     """What the punctum detector did on this image: ``detect_spots``' ``df.attrs`` (threshold,
     noise, reference punctum, punctum radius used and whether it was measured, hot pixels
@@ -298,6 +343,10 @@ def _detection_provenance(attrs: dict) -> dict:
         else:
             out[k] = float(v)
     return out
+
+
+#: an ``auto`` threshold fitted on fewer images than this is reported with a warning
+MIN_AUTO_IMAGES = 3
 
 
 def finalize(
@@ -340,38 +389,86 @@ def finalize(
     }
     positivity = config.positivity
     pending = False
+    no_control = control_cells is None or len(control_cells) == 0
+    implied_only = positivity.exosome == PositivityRule(**CONTROL_EXO_RULE) and not any(
+        r.method == "control" for r in [positivity.markers, *marker_rules.values()]
+    )
+    run_warnings: list[str] = []
+    if no_control and implied_only and not pending_control_ok:
+        # the cut-off implied by control_condition, and no control image in this run: the
+        # run still gets its tables, with the rule used and a warning on record
+        found = sorted({str(r.condition) for r in results})
+        run_warnings.append(
+            f"no {control!r} (control_condition) cells in this run (conditions: "
+            f"{', '.join(found)}): EV-positive = at least 1 punctum instead of the control's "
+            "95th percentile; include the control's images to use it"
+        )
+        positivity = positivity.model_copy(
+            update={"exosome": PositivityRule(method="fixed", value=1, metric="exo_spot_count")}
+        )
     uses_control = positivity.exosome.method == "control" or any(
         r.method == "control" for r in [positivity.markers, *marker_rules.values()]
     )
-    if uses_control and (control_cells is None or len(control_cells) == 0):
+    if uses_control and no_control:
         if not pending_control_ok:
             found = sorted({str(r.condition) for r in results})
             raise ConfigError(
                 "positivity method 'control' needs cells of the control condition "
                 f"{control!r} (positivity.control_condition); the images' conditions are "
-                f"{', '.join(found)}"
+                f"{', '.join(found)}. Add the control's images to the run, or remove "
+                "control_condition, or give positivity.exosome a fixed rule"
             )
         pending = True
         log.info(
-            "no %r control cells among these images: 'control' positivity uses 'auto' until "
-            "the run-level thresholds are applied",
+            "no %r control cells among these images: until the run-level thresholds are "
+            "applied, 'control' uptake uses >= 1 punctum and 'control' markers use 'auto'",
             control,
         )
 
         def _auto(rule):
             return rule.model_copy(update={"method": "auto"}) if rule.method == "control" else rule
 
+        exo_rule = positivity.exosome
+        if exo_rule.method == "control":  # until the control is in: at least one punctum
+            exo_rule = exo_rule.model_copy(
+                update={"method": "fixed", "value": 1.0, "metric": "exo_spot_count"}
+            )
         positivity = positivity.model_copy(
-            update={"exosome": _auto(positivity.exosome), "markers": _auto(positivity.markers)}
+            update={"exosome": exo_rule, "markers": _auto(positivity.markers)}
         )
         marker_rules = {k: _auto(v) for k, v in marker_rules.items()}
-    classified, thresholds = measure.apply_positivity(
+    classified, thresholds, records = measure.positivity_calls(
         all_cells,
         positivity,
         markers,
         control_cells=control_cells,
         marker_rules=marker_rules,
     )
+    conds = sorted({str(r.condition) for r in results if r.condition is not None})
+    if run_warnings:
+        records["exo"]["warnings"] = [*run_warnings, *records["exo"].get("warnings", [])]
+        records["exo"]["fitted_on"] = f"fixed value (no {control!r} cells in the run)"
+    for key, rec in records.items():
+        if rec.get("method") == "auto":
+            rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
+                f"; conditions {', '.join(conds)})" if conds else ")"
+            )
+            if len(results) < MIN_AUTO_IMAGES:
+                rec["warnings"].append(
+                    f"fitted on {len(results)} image(s) only: 'auto' thresholds depend on which "
+                    "images are in the run; compare runs with fixed or control thresholds"
+                )
+        if rec.get("method") == "control" and control is not None:
+            rec["fitted_on"] = f"{rec['fitted_on']} of condition {control!r}"
+            rec["control_condition"] = control
+        for w in rec.get("warnings", []):  # one image of a run (pending_control_ok): quiet
+            log.log(
+                logging.DEBUG if pending_control_ok else logging.WARNING,
+                "positivity %s (%s): %s",
+                key,
+                rec["metric"],
+                w,
+            )
     out = []
     start = 0
     for r in results:
@@ -384,8 +481,16 @@ def finalize(
             summary["condition"] = r.condition
         summary.update(r.extras.get("readouts", {}))
         prov = {**r.provenance, "positivity_pending": pending}
+        extras = {**r.extras, "positivity": records}
         out.append(
-            replace(r, cells=cells, thresholds=dict(thresholds), summary=summary, provenance=prov)
+            replace(
+                r,
+                cells=cells,
+                thresholds=dict(thresholds),
+                summary=summary,
+                provenance=prov,
+                extras=extras,
+            )
         )
     return out
 
@@ -520,7 +625,6 @@ def write_outputs(
     extra_run_info: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``cells``, ``spots``, ``images`` tables, label TIFFs, QC PNGs and ``run.json``."""
-    import imageio.v3 as iio
 
     out = Path(out_dir)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -531,21 +635,73 @@ def write_outputs(
     images = images_table(results)
     paths: dict[str, Path] = {}
     paths["cells"] = write_table(cells, out / "cells")[0]
-    paths["spots"] = write_table(spots_df, out / "spots", formats=("csv",))[0]
-    paths["images"] = write_table(images, out / "images", formats=("csv",))[0]
+    paths["spots"] = write_table(spots_df, out / "spots")[0]
+    paths["images"] = write_table(images, out / "images")[0]
+    from ._columns import write_columns_doc
+
+    paths["columns"] = write_columns_doc(out, {"cells": cells, "spots": spots_df, "images": images})
+    from ._qc import run_contrast
+
+    contrast = run_contrast(r.exo_image for r in results if r.exo_image is not None)
     for r in results:
         write_labels(out / "labels" / f"{r.image}_cells.tif", _squeeze(r.cells_labels))
         if r.nuclei_labels is not None:
             write_labels(out / "labels" / f"{r.image}_nuclei.tif", _squeeze(r.nuclei_labels))
         if overlays and r.exo_image is not None:
-            (out / "qc").mkdir(exist_ok=True)
-            iio.imwrite(out / "qc" / f"{r.image}_overlay.png", qc_overlay(r))
+            write_qc(out / "qc" / f"{r.image}_overlay.png", r, contrast)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
     paths["run"] = out / "run.json"
     return paths
+
+
+def qc_title(image: str, condition: str | None, cells: pd.DataFrame) -> str:
+    """Title of a QC overlay: image, condition, cells and % EV-positive."""
+    n = len(cells)
+    pct = 100.0 * float(cells["exo_positive"].mean()) if n and "exo_positive" in cells else None
+    return " · ".join(
+        [image]
+        + ([str(condition)] if condition else [])
+        + [f"{n} cells"]
+        + ([f"{pct:.0f} % EV-positive"] if pct is not None else [])
+    )
+
+
+def write_qc(
+    path: Path,
+    result: AnalysisResult,
+    contrast: tuple[float, float] | None,
+    *,
+    exo: np.ndarray | None = None,
+    cells_labels: np.ndarray | None = None,
+    nuclei_labels: np.ndarray | None = None,
+) -> Path:
+    """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`)."""
+    from ._qc import draw_overlay, write_qc_png
+
+    cells = result.cells
+    nuclei_labels = result.nuclei_labels if nuclei_labels is None else nuclei_labels
+    pos = (
+        cells.loc[cells["exo_positive"].astype(bool), "cell_id"] if "exo_positive" in cells else []
+    )
+    rgb = draw_overlay(
+        result.exo_image if exo is None else exo,
+        result.cells_labels if cells_labels is None else cells_labels,
+        nuclei_labels,
+        result.spots,
+        np.asarray(pos, dtype=np.int64),
+        contrast,
+    )
+    return write_qc_png(
+        path,
+        rgb,
+        title=qc_title(result.image, result.condition, cells),
+        pixel_size_um=result.provenance.get("pixel_size_um"),
+        contrast=contrast,
+        with_nuclei=nuclei_labels is not None,
+    )
 
 
 def _squeeze(labels: np.ndarray) -> np.ndarray:
@@ -592,6 +748,8 @@ def run_info(config: AssayConfig, results: Sequence[AnalysisResult]) -> dict[str
         "platform": platform.platform(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "thresholds": results[0].thresholds if results else {},
+        # per readout: rule, metric, cut-off, which cells it was fitted on, warnings
+        "positivity": results[0].extras.get("positivity", {}) if results else {},
         "images": {r.image: r.provenance for r in results},
     }
 
@@ -631,26 +789,45 @@ def run_demo(out: str | Path = "exouptake_demo") -> int:
         raise FileNotFoundError(f"the bundled sample dataset is missing from {data}")
     config = load_config(data / "config.yaml")
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"exouptake demo: {len(images)} sample images -> {out}/")
+    from .batch import _log_to_file, refresh_report
+
+    doses = {}
+    if (data / "conditions.csv").is_file():
+        doses = pd.read_csv(data / "conditions.csv").set_index("image").to_dict("index")
     results = []
     t0 = time.perf_counter()
-    for i, path in enumerate(images, 1):
-        t = time.perf_counter()
-        r = analyze_image(path, config)
-        results.append(r)
-        dev = r.provenance["segmentation"].get("device", "-")
-        print(
-            f"  [{i}/{len(images)}] {r.image}: {len(r.cells)} cells, {len(r.spots)} puncta "
-            f"({time.perf_counter() - t:.1f} s, {dev})"
-        )
-    results = finalize(results, config)
-    write_outputs(results, out, config)
+    with _log_to_file(out / "exouptake.log"):  # Cellpose and torch messages go to the log
+        for i, path in enumerate(images, 1):
+            t = time.perf_counter()
+            r = analyze_image(path, config)
+            results.append(r)
+            dev = r.provenance["segmentation"].get("device", "-")
+            print(
+                f"  [{i}/{len(images)}] {r.image}: {len(r.cells)} cells, {len(r.spots)} puncta "
+                f"({time.perf_counter() - t:.1f} s, {dev})"
+            )
+        results = finalize(results, config)
+        for r in results:  # dose for the report's ordering and dose-response plot
+            row = doses.get(r.image, {})
+            r.summary.update({k: row[k] for k in ("dose", "dose_unit") if k in row})
+        write_outputs(results, out, config)
+        report = refresh_report(out)
     table = condition_summary(results, config)
+    from .report import _order
+
+    imgs = images_table(results)
+    if "condition" in imgs.columns:  # control first, then by dose, as in the report
+        order = _order(imgs, config.positivity.control_condition)
+        table = table.reindex([c for c in order if c in table.index])
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print("\nPer-condition summary:")
         print(table.to_string())
     print(
-        f"\nwrote {out}/cells.csv, spots.csv, images.csv, labels/, qc/, run.json "
-        f"in {time.perf_counter() - t0:.1f} s"
+        f"\nwrote {out}/cells.csv, spots.csv, images.csv (+ .parquet), columns.md, labels/, qc/, "
+        f"run.json, exouptake.log in {time.perf_counter() - t0:.1f} s"
     )
+    if report is not None:
+        print(f"open the report in a web browser: {report.resolve().as_uri()}")
     return 0

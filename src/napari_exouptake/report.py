@@ -21,6 +21,7 @@ import io as _io
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,12 +156,17 @@ def readout_metrics(images: pd.DataFrame) -> list[Metric]:
 
 
 def _order(images: pd.DataFrame, control: str | None) -> list[str]:
+    """Control first, then other control-like names (untreated, vehicle ...), then by dose
+    (when the table has a numeric ``dose``), then by name."""
     conds = list(dict.fromkeys(images["condition"]))
-    if "dose" in images.columns and pd.api.types.is_numeric_dtype(images["dose"]):
-        dose = images.groupby("condition")["dose"].mean()
-        conds.sort(key=lambda c: (c != control, dose.get(c, np.inf), c))
-    else:
-        conds.sort(key=lambda c: (c != control, c))
+    dose: dict = {}
+    if "dose" in images.columns:
+        num = pd.to_numeric(images["dose"], errors="coerce")
+        dose = num.groupby(images["condition"]).mean().dropna().to_dict()
+    ctrl_like = {n.lower() for n in CONTROL_NAMES}
+    conds.sort(
+        key=lambda c: (c != control, str(c).lower() not in ctrl_like, dose.get(c, np.inf), c)
+    )
     return conds
 
 
@@ -498,9 +504,10 @@ def _plot_dose(images: pd.DataFrame, metrics: Sequence[Metric], order: Sequence[
 
 
 def _thumbnails(
-    qc_dir: Path, images: pd.DataFrame, order: Sequence[str], per_condition: int, size: int = 260
-) -> list[tuple[str, str, str]]:
-    """(image, condition, base64 PNG) of up to ``per_condition`` overlays per condition."""
+    qc_dir: Path, images: pd.DataFrame, order: Sequence[str], per_condition: int, size: int = 360
+) -> list[tuple[str, str, str, Path]]:
+    """(image, condition, base64 PNG, full-size path) of up to ``per_condition`` overlays per
+    condition."""
     from PIL import Image
 
     if not qc_dir.is_dir():
@@ -517,7 +524,7 @@ def _thumbnails(
                 im.thumbnail((size, size))
                 buf = _io.BytesIO()
                 im.save(buf, format="PNG", optimize=True)
-            out.append((name, c, base64.b64encode(buf.getvalue()).decode("ascii")))
+            out.append((name, c, base64.b64encode(buf.getvalue()).decode("ascii"), path))
     return out
 
 
@@ -530,10 +537,11 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bot
 padding-bottom:3px}p.meta{color:#666;font-size:12px;margin-top:0}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}th,td{border:1px solid #ddd;
 padding:3px 7px;text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
-tr.ctrl td{background:#fbf7e6}.note{color:#555;font-size:12px}.sig{font-weight:bold}
+tr.ctrl td{background:#fbf7e6}.warn{background:#fff3cd;border:1px solid #e0c36c;padding:4px 12px;
+font-size:13px;margin:10px 0}.note{color:#555;font-size:12px}.sig{font-weight:bold}
 img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
-.grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;width:262px;font-size:11px;
-text-align:center}.grid img{width:260px;border:1px solid #ccc}
+.grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{margin:0;width:362px;font-size:11px;
+text-align:center}.grid img{width:360px;border:1px solid #ccc}
 """
 
 
@@ -558,7 +566,12 @@ def _fmt_p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def _summary_html(table: pd.DataFrame, metrics: Sequence[Metric], control: str | None) -> str:
+def _summary_html(
+    table: pd.DataFrame,
+    metrics: Sequence[Metric],
+    control: str | None,
+    control_note: str = "",
+) -> str:
     head = "".join(
         f"<th>{html.escape(m.label)}<br><small>{'axial mean' if m.axial else 'mean ± SEM'}"
         "</small></th>"
@@ -573,7 +586,11 @@ def _summary_html(table: pd.DataFrame, metrics: Sequence[Metric], control: str |
             for m in metrics
         )
         cls = ' class="ctrl"' if cond == control else ""
-        label = html.escape(str(cond)) + (" (control)" if cond == control else "")
+        label = html.escape(str(cond)) + (
+            f" (control{'; ' + html.escape(control_note) if control_note else ''})"
+            if cond == control
+            else ""
+        )
         rows.append(
             f"<tr{cls}><td class='l'>{label}</td><td>{int(r['n_images'])}</td>"
             f"<td>{_fmt_int(r['n_cells'])}</td>{cells}</tr>"
@@ -582,6 +599,77 @@ def _summary_html(table: pd.DataFrame, metrics: Sequence[Metric], control: str |
         f"<table><tr><th class='l'>condition</th><th>images</th><th>cells</th>{head}</tr>"
         + "".join(rows)
         + "</table>"
+    )
+
+
+def records_of(run: dict) -> dict[str, dict]:
+    """The run's positivity records (``run.json`` ``positivity``; empty for older runs)."""
+    rec = run.get("positivity") or {}
+    return {k: v for k, v in rec.items() if isinstance(v, dict)}
+
+
+def _readout_name(key: str) -> str:
+    return "EV uptake" if key == "exo" else key.upper()
+
+
+def _rule_text(rec: dict) -> str:
+    """``> 4 exo_spot_count`` or ``>= 180 cd31_mean_intensity``."""
+    thr = rec.get("threshold")
+    shown = (
+        str(int(thr)) if isinstance(thr, (int, float)) and float(thr).is_integer() else _fmt(thr)
+    )
+    return f"{rec.get('metric', '?')} {rec.get('comparison', '>=')} {shown}"
+
+
+def _control_note(records: dict, control: str | None) -> str:
+    exo = records.get("exo") if isinstance(records, dict) else None
+    if not exo or control is None:
+        return ""
+    if exo.get("method") == "control" and exo.get("control_condition") == control:
+        return (
+            f"sets the EV cut-off, its {exo.get('percentile', 95):g}th percentile: "
+            f"EV-positive if {_rule_text(exo)}"
+        )
+    return f"EV-positive: {_rule_text(exo)} ({exo.get('method', '')} rule)"
+
+
+def _positivity_html(records: dict, thresholds: dict) -> str:
+    """Table of the run's positivity rules: readout, rule, cut-off, cells fitted on."""
+    if not records:
+        if not thresholds:
+            return ""
+        return (
+            "<p class='note'>Positivity thresholds of the run: "
+            + ", ".join(f"{html.escape(str(k))} = {_fmt(v)}" for k, v in thresholds.items())
+            + "</p>"
+        )
+    rows = []
+    for key, rec in records.items():
+        if not isinstance(rec, dict):
+            continue
+        method = rec.get("method", "")
+        how = {
+            "fixed": "fixed value",
+            "control": f"{rec.get('percentile', 95):g}th percentile of the control",
+            "auto": "two-population fit"
+            if rec.get("rule") == "mixture"
+            else "no second population: median + 3 robust SD",
+        }.get(method, method)
+        n_pos, n = rec.get("n_positive"), rec.get("n_cells")
+        pct = f"{100.0 * n_pos / n:.1f} % ({n_pos} of {n})" if n else "–"
+        rows.append(
+            f"<tr><td class='l'>{html.escape(_readout_name(key))}</td>"
+            f"<td class='l'>{html.escape(method)}: {html.escape(how)}</td>"
+            f"<td class='l'><code>{html.escape(_rule_text(rec))}</code></td>"
+            f"<td class='l'>{html.escape(str(rec.get('fitted_on', '')))}</td>"
+            f"<td>{pct}</td></tr>"
+        )
+    return (
+        "<p class='note'>How cells were called positive (details: <code>run.json</code> "
+        "<code>positivity</code>; rules: docs/positivity.md):</p>"
+        "<table><tr><th class='l'>readout</th><th class='l'>rule</th>"
+        "<th class='l'>positive if</th><th class='l'>cut-off fitted on</th>"
+        "<th>positive cells (run)</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -610,6 +698,7 @@ def build_report(
     control: str | None = None,
     *,
     qc_per_condition: int = 4,
+    link_base: str | Path | None = None,
 ) -> str:
     """The HTML report of a results folder, as one self-contained string.
 
@@ -623,6 +712,9 @@ def build_report(
         a condition named like one of :data:`CONTROL_NAMES`.
     qc_per_condition : int
         QC overlays shown per condition.
+    link_base : str or Path, optional
+        Folder the HTML file will live in, for the links to full-size overlays (default
+        ``results_dir``).
 
     Returns
     -------
@@ -655,6 +747,17 @@ def build_report(
         f"{html.escape(version)} · config sha256 {html.escape(run.get('config_sha256', '')[:12])}"
         "</p>"
     )
+    warns = [
+        f"{_readout_name(k)}: {w}"
+        for k, rec in records_of(run).items()
+        for w in rec.get("warnings", [])
+    ]
+    if warns:
+        parts.append(
+            "<div class='warn'><b>Warnings</b><ul>"
+            + "".join(f"<li>{html.escape(w)}</li>" for w in warns)
+            + "</ul></div>"
+        )
     # summary
     summary = condition_summary(images, metrics, order)
     parts.append("<h2>Per-condition summary</h2>")
@@ -663,14 +766,9 @@ def build_report(
         "(each image's mean over its cells, or its fraction of positive cells). SEM needs at "
         "least 2 images.</p>"
     )
-    parts.append(_summary_html(summary, metrics, control))
-    thresholds = run.get("thresholds") or {}
-    if thresholds:
-        parts.append(
-            "<p class='note'>Positivity thresholds of the run: "
-            + ", ".join(f"{html.escape(str(k))} = {_fmt(v)}" for k, v in thresholds.items())
-            + "</p>"
-        )
+    records = records_of(run)
+    parts.append(_summary_html(summary, metrics, control, _control_note(records, control)))
+    parts.append(_positivity_html(records, run.get("thresholds") or {}))
 
     # statistics
     parts.append("<h2>Statistics against the control</h2>")
@@ -744,16 +842,19 @@ def build_report(
     thumbs = _thumbnails(results_dir / "qc", images, order, qc_per_condition)
     if thumbs:
         parts.append(
-            "<h2>QC overlays</h2><p class='note'>EV channel (grey), cell outlines "
-            "(cyan), nuclei (blue), puncta inside cells (red) and outside (yellow); "
-            f"up to {qc_per_condition} images per condition, all in "
+            "<h2>QC overlays</h2><p class='note'>Click a picture for the full-size overlay; "
+            "each carries its own legend. "
+            f"Up to {qc_per_condition} images per condition, all in "
             "<code>qc/</code>.</p><div class='grid'>"
         )
-        parts += [
-            f"<figure><img src='data:image/png;base64,{b64}'><figcaption>"
-            f"{html.escape(name)}<br>{html.escape(cond)}</figcaption></figure>"
-            for name, cond, b64 in thumbs
-        ]
+        base = Path(link_base) if link_base is not None else results_dir
+        for name, cond, b64, path in thumbs:
+            href = html.escape(Path(os.path.relpath(path.resolve(), base.resolve())).as_posix())
+            parts.append(
+                f"<figure><a href='{href}' title='full-size overlay'>"
+                f"<img src='data:image/png;base64,{b64}'></a><figcaption>"
+                f"{html.escape(name)}<br>{html.escape(cond)}</figcaption></figure>"
+            )
         parts.append("</div>")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>EV uptake report</title>"
@@ -767,8 +868,8 @@ def write_report(
     """Write :func:`build_report` to ``out`` (default ``RESULTS_DIR/report.html``)."""
     from .io import atomic_write
 
-    text = build_report(results_dir, control)
     out = Path(out) if out is not None else Path(results_dir) / "report.html"
+    text = build_report(results_dir, control, link_base=out.parent)
     atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     log.debug("wrote %s (%.0f kB)", out, out.stat().st_size / 1024)
     return out

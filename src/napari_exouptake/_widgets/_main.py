@@ -1259,7 +1259,7 @@ class ExoUptakeWidget(QWidget):
         except ValueError as exc:  # another control holds a bad value: say which
             self._say(str(exc), error=True)
             return
-        [new] = finalize([self._result], cfg)
+        [new] = finalize([self._result], cfg, pending_control_ok=True)  # one image: no control
         self._result, self._result_config = new, cfg
         from ._layers import cells_features
 
