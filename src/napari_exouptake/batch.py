@@ -1908,24 +1908,33 @@ def _pixel_limit(max_pixels: int | None, workers: int, scheduler: str | None) ->
     return max_pixels
 
 
+#: the pre-flight channel check reads (lazily) at most this many inputs
+_PREFLIGHT_FILES = 5
+
+
 def _preflight_channels(config: AssayConfig, files: Sequence[InputFile]) -> None:
-    """Check the config's channel roles against the first input's channels before any work:
-    a role the image does not have is a usage error (exit code 2), not one failure per image.
-    An unreadable first file is left to the batch (it fails on its own)."""
-    if not files:
-        return
+    """Check the config's channel roles against the inputs' channels before any work: a role
+    that none of the first few readable inputs has is a usage error (exit code 2), not one
+    failure per image. One odd file among good ones fails on its own; unreadable files are
+    left to the batch."""
     from .io import ImageReadError, read_image
     from .pipeline import check_channels
 
-    first = files[0]
-    try:
-        image = read_image(first.path, axes=config.axes)
-    except ImageReadError:
-        return
-    try:
-        check_channels(config, image.channel_names)
-    except ConfigError as exc:
-        raise BatchUsageError(f"{exc} (checked on {first.path.name}, the first input)") from None
+    first_error: ConfigError | None = None
+    checked = None
+    for f in files[:_PREFLIGHT_FILES]:
+        try:
+            image = read_image(f.path, axes=config.axes, lazy=True)
+        except ImageReadError:
+            continue
+        try:
+            check_channels(config, image.channel_names)
+            return
+        except ConfigError as exc:
+            first_error = first_error or exc
+            checked = checked or f.path.name
+    if first_error is not None:
+        raise BatchUsageError(f"{first_error} (checked on {checked}, the first input)") from None
 
 
 def _check_model(config: AssayConfig, scheduler: str | None) -> None:

@@ -849,7 +849,10 @@ def build_report(
         )
         base = Path(link_base) if link_base is not None else results_dir
         for name, cond, b64, path in thumbs:
-            href = html.escape(Path(os.path.relpath(path.resolve(), base.resolve())).as_posix())
+            # absolute, not resolved: qc/ is a link to the current results generation, and a
+            # link into one generation would break when the next one is published
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+            href = html.escape(Path(rel).as_posix())
             parts.append(
                 f"<figure><a href='{href}' title='full-size overlay'>"
                 f"<img src='data:image/png;base64,{b64}'></a><figcaption>"
