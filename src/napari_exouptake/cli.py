@@ -220,7 +220,7 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .segmentation import main_train
+    from .commands.train import main_train
 
     return main_train(
         images=args.images,
