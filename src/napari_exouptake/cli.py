@@ -247,11 +247,11 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_dataset(args) -> int:
-    from . import datasets
+    from .commands.dataset import main_dataset
 
     if args.dataset_command is None:
         raise UsageError("give an action: pack, verify, validate or fetch")
-    return datasets.main_dataset(args)
+    return main_dataset(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
