@@ -241,7 +241,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .validation import main_validate
+    from .commands.validate import main_validate
 
     return main_validate(args.results, args.truth)
 
