@@ -5,6 +5,8 @@
 * No private name (``_x``) imported from another top-level module or package; share through a
   public helper instead. Importing a private *module* (``from . import _numba``) is fine, and
   so is anything inside one package (``segmentation.engine`` using ``segmentation.device``).
+* ``docs/architecture.md`` names every module of the package in its module table, and only
+  modules that exist.
 * No core module imports a face: ``cli``, ``commands``, ``_widgets`` (anywhere in its source),
   nor napari, Qt, magicgui, torch or cellpose when it is imported (checked in a fresh
   interpreter).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -245,3 +248,53 @@ def test_core_modules_import_no_face_napari_qt_or_torch():
             "core modules import faces or heavy packages: "
             + "; ".join(f"{m}: {', '.join(v)}" for m, v in culprits.items() if v)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# docs/architecture.md
+# --------------------------------------------------------------------------------------------
+DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def _documented_modules(text: str) -> set[str]:
+    """Paths named in the "## Modules" table: ``x.py``, ``pkg/`` and, in a package's row,
+    ``pkg/y.py`` for each ``y.py`` of its second column."""
+    section = text.split("\n## Modules", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        firsts = re.findall(r"`([^`]+)`", cells[0])
+        named.update(firsts)
+        packages = [f for f in firsts if f.endswith("/")]
+        assert len(packages) <= 1, f"one package per row: {line}"
+        if packages:
+            named.update(packages[0] + m for m in re.findall(r"`([\w]+\.py)`", cells[1]))
+    return named
+
+
+def _package_modules() -> set[str]:
+    out = set()
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.name == "__init__.py" and path.parent != ROOT:
+            rel = rel[: -len("__init__.py")]
+        out.add(rel)
+    return out
+
+
+def test_documented_modules_parser():
+    table = (
+        "# Doc\n## Modules\n| a | b |\n| --- | --- |\n"
+        "| `x.py`, `y.py` | z |\n| `p/` | `q.py`, `r` |\n## Next\n| `n.py` | x |\n"
+    )
+    assert _documented_modules(table) == {"x.py", "y.py", "p/", "p/q.py"}
+
+
+@pytest.mark.skipif(not DOC.is_file(), reason="docs/ is not beside the package (installed copy)")
+def test_architecture_doc_names_every_module_and_only_those():
+    named = _documented_modules(DOC.read_text(encoding="utf-8"))
+    actual = _package_modules()
+    assert sorted(actual - named) == [], "modules missing from docs/architecture.md's table"
+    assert sorted(named - actual) == [], "docs/architecture.md names modules that do not exist"
