@@ -182,7 +182,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from .simulate import main_simulate
+    from .commands.simulate import main_simulate
 
     if args.n_images < 1:
         raise UsageError("--n-images must be at least 1")
