@@ -54,7 +54,7 @@ def test_random_cpsam_through_engine_channel_order(random_cpsam):
         }
     )
     seen = []
-    orig_get = S._get_model
+    orig_get = S.engine._get_model
 
     def hooked(rm, device):
         model = orig_get(rm, device)
@@ -67,13 +67,13 @@ def test_random_cpsam_through_engine_channel_order(random_cpsam):
             model._exo_hooked = True
         return model
 
-    S._get_model = hooked
+    S.engine._get_model = hooked
     try:
         t0 = time.perf_counter()
         seg = S.segment(img, cfg)
         elapsed = time.perf_counter() - t0
     finally:
-        S._get_model = orig_get
+        S.engine._get_model = orig_get
     assert seen, "the network was never called"
     x = seen[0]  # (B, 3, bsize, bsize) network input of the cells pass
     assert x.ndim == 4 and x.shape[1] == 3

@@ -164,7 +164,7 @@ def test_report_without_conditions_or_control(tmp_path):
 
 
 def test_order_control_first_then_control_like_then_by_dose():
-    from napari_exouptake.report import _order
+    from napari_exouptake.report import condition_order
 
     images = pd.DataFrame(
         {
@@ -172,8 +172,14 @@ def test_order_control_first_then_control_like_then_by_dose():
             "dose": [50.0, 10.0, 0.0, 0.0, 20.0],
         }
     )
-    assert _order(images, "dye_only") == ["dye_only", "untreated", "ev_low", "ev_mid", "ev_high"]
-    assert _order(images.drop(columns="dose"), None)[:2] == ["dye_only", "untreated"]
+    assert condition_order(images, "dye_only") == [
+        "dye_only",
+        "untreated",
+        "ev_low",
+        "ev_mid",
+        "ev_high",
+    ]
+    assert condition_order(images.drop(columns="dose"), None)[:2] == ["dye_only", "untreated"]
 
 
 def _run_with_positivity(tmp_path):

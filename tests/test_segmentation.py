@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_exouptake import segmentation as S
+from napari_exouptake.commands.train import _parse_channels, main_train
 from napari_exouptake.config import AssayConfig
 from napari_exouptake.io import from_array
 
@@ -202,9 +203,9 @@ def test_cuda_oom_halves_batch_then_falls_back_to_cpu(monkeypatch, tmp_path):
         lab[4:10, 4:10] = 1
         return lab
 
-    monkeypatch.setattr(S, "_get_model", fake_get_model)
-    monkeypatch.setattr(S, "_eval_model", fake_eval)
-    monkeypatch.setattr(S, "resolve_device", lambda spec="auto": "cuda:0")
+    monkeypatch.setattr(S.engine, "_get_model", fake_get_model)
+    monkeypatch.setattr(S.engine, "_eval_model", fake_eval)
+    monkeypatch.setattr(S.engine, "resolve_device", lambda spec="auto": "cuda:0")
     img = from_array(np.random.default_rng(1).random((1, 32, 32)), axes="CYX")
     cfg = _cfg(mode="nuclei", model=str(f), batch_size=8, device="auto")
     seg = S.segment(img, cfg)
@@ -225,9 +226,9 @@ def test_cuda_oom_recovers_with_smaller_batch(monkeypatch, tmp_path):
             raise RuntimeError("CUDA out of memory")
         return np.zeros(x.shape[:-1], np.int32)
 
-    monkeypatch.setattr(S, "_get_model", lambda rm, device: _FakeModel(device))
-    monkeypatch.setattr(S, "_eval_model", fake_eval)
-    monkeypatch.setattr(S, "resolve_device", lambda spec="auto": "cuda:0")
+    monkeypatch.setattr(S.engine, "_get_model", lambda rm, device: _FakeModel(device))
+    monkeypatch.setattr(S.engine, "_eval_model", fake_eval)
+    monkeypatch.setattr(S.engine, "resolve_device", lambda spec="auto": "cuda:0")
     img = from_array(np.random.default_rng(1).random((1, 32, 32)), axes="CYX")
     seg = S.segment(img, _cfg(mode="nuclei", model=str(f), batch_size=8))
     assert calls == [8, 4, 2]
@@ -241,8 +242,8 @@ def test_non_oom_errors_are_not_swallowed(monkeypatch, tmp_path):
     def boom(model, x, major, **kw):
         raise RuntimeError("something else")
 
-    monkeypatch.setattr(S, "_get_model", lambda rm, device: _FakeModel(device))
-    monkeypatch.setattr(S, "_eval_model", boom)
+    monkeypatch.setattr(S.engine, "_get_model", lambda rm, device: _FakeModel(device))
+    monkeypatch.setattr(S.engine, "_eval_model", boom)
     img = from_array(np.random.default_rng(1).random((1, 32, 32)), axes="CYX")
     with pytest.raises(RuntimeError, match="something else"):
         S.segment(img, _cfg(mode="nuclei", model=str(f)))
@@ -448,19 +449,19 @@ def test_estimate_diameter_close_to_truth():
 
 def test_training_channel_spec_parsing():
     names = ["DAPI", "CellMask", "PKH26"]
-    assert S._parse_channels("cell,nucleus", names) == (1, 0)
-    assert S._parse_channels("1,0", names) == (1, 0)
-    assert S._parse_channels("pkh26,none", names) == (2, None)
-    assert S._parse_channels((0, None), names) == (0, None)
-    assert S._parse_channels("cell,nucleus", ["C0"]) == (0, None)
+    assert _parse_channels("cell,nucleus", names) == (1, 0)
+    assert _parse_channels("1,0", names) == (1, 0)
+    assert _parse_channels("pkh26,none", names) == (2, None)
+    assert _parse_channels((0, None), names) == (0, None)
+    assert _parse_channels("cell,nucleus", ["C0"]) == (0, None)
     with pytest.raises(ValueError, match="does not exist"):
-        S._parse_channels("5,0", names)
+        _parse_channels("5,0", names)
     with pytest.raises(ValueError, match="no channel named"):
-        S._parse_channels("GFP", names)
+        _parse_channels("GFP", names)
     with pytest.raises(ValueError, match="cannot tell"):
-        S._parse_channels("cell", ["a", "b"])
+        _parse_channels("cell", ["a", "b"])
 
 
 def test_main_train_refuses_sgd_learning_rate(tmp_path):
     with pytest.raises(ValueError, match="AdamW"):
-        S.main_train(tmp_path, tmp_path, tmp_path / "m.pth", learning_rate=0.1)
+        main_train(tmp_path, tmp_path, tmp_path / "m.pth", learning_rate=0.1)

@@ -8,11 +8,11 @@ import pytest
 import tifffile
 
 from napari_exouptake import simulate as sim_mod
+from napari_exouptake.commands.simulate import main_simulate
 from napari_exouptake.simulate import (
     CONDITIONS,
     difficulty_value,
     image_seed,
-    main_simulate,
     simulate_image,
     write_dataset,
 )

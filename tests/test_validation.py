@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from napari_exouptake import validation as V
+from napari_exouptake.commands.validate import main_validate
 
 
 # -- segmentation -----------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def run_and_truth(tmp_path_factory):
 
 def test_main_validate_against_truth(run_and_truth, capsys):
     run, truth = run_and_truth
-    assert V.main_validate(run, truth) == 0
+    assert main_validate(run, truth) == 0
     out = capsys.readouterr().out
     assert "puncta (match <= 2 px): F1" in out and "per-cell puncta count: Pearson r" in out
     assert "segmentation AP@0.5: 1.000 (ground-truth labels were given" in out
@@ -232,16 +233,16 @@ def test_main_validate_against_truth(run_and_truth, capsys):
 
 def test_main_validate_against_reference_folder(run_and_truth, tmp_path, capsys):
     run, _ = run_and_truth
-    assert V.main_validate(run, run) == 0  # a run agrees with itself
+    assert main_validate(run, run) == 0  # a run agrees with itself
     assert "metrics agree" in capsys.readouterr().out
     ref = tmp_path / "ref"
     shutil.copytree(run, ref)
     cells = pd.read_csv(ref / "cells.csv")
     cells.loc[0, "area_px"] += 3
     cells.to_csv(ref / "cells.csv", index=False)
-    assert V.main_validate(run, ref) == 1
+    assert main_validate(run, ref) == 1
     assert "cells.area_px" in capsys.readouterr().err
-    assert V.main_validate(tmp_path / "nope", ref) == 2
+    assert main_validate(tmp_path / "nope", ref) == 2
 
 
 def test_validate_cli_entry(run_and_truth):

@@ -60,6 +60,7 @@ import pandas as pd
 from .config import AssayConfig, ConfigError, config_hash, load_config
 from .io import BIOIO_SUFFIXES, RASTER_SUFFIXES, TIFF_SUFFIXES, atomic_write, replace_dir
 from .io import bioio_suffix as _bioio_suffix
+from .logs import LOG_FORMAT, log_to_file
 
 __all__ = [
     "BatchResult",
@@ -89,7 +90,6 @@ PART_VERSION = 1
 _IMAGE_SUFFIXES = tuple(s.lower() for s in (*TIFF_SUFFIXES, *RASTER_SUFFIXES, *BIOIO_SUFFIXES))
 _MANIFEST = "manifest.jsonl"
 _LOG_NAME = "exouptake.log"
-_LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
 #: Sample-sheet columns that name the image (first one present wins).
 SHEET_KEYS = ("image", "pattern", "file")
 
@@ -704,27 +704,6 @@ def _jsonable(obj: Any) -> Any:
 _WORKER_LOGS: set[str] = set()
 
 
-@contextlib.contextmanager
-def _log_to_file(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    # ours, Cellpose's (">>>> loading model ...") and Python warnings (torch's) go to the file
-    loggers = [logging.getLogger(n) for n in ("napari_exouptake", "cellpose", "py.warnings")]
-    old_levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        if lg.getEffectiveLevel() > logging.INFO:
-            lg.setLevel(logging.INFO)
-        lg.addHandler(handler)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, old_levels, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        handler.close()
-
-
 def _worker_logging(out: str) -> None:
     """In a worker process: log to ``OUT/exouptake.log`` as well (once per process)."""
     if out in _WORKER_LOGS:
@@ -738,7 +717,7 @@ def _worker_logging(out: str) -> None:
         return  # the parent process itself (serial run) already logs there
     handler = logging.FileHandler(Path(out) / _LOG_NAME, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.captureWarnings(True)  # torch's warnings into the log, not the console
     for lg in (pkg, logging.getLogger("cellpose"), logging.getLogger("py.warnings")):
         if lg.getEffectiveLevel() > logging.INFO:
@@ -1688,11 +1667,9 @@ def _merge_into(
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
-    from .pipeline import _json_default
+    from .pipeline import json_default
 
-    (gen / "run.json").write_text(
-        json.dumps(run, indent=2, default=_json_default), encoding="utf-8"
-    )
+    (gen / "run.json").write_text(json.dumps(run, indent=2, default=json_default), encoding="utf-8")
     paths["run"] = gen / "run.json"
     return paths
 
@@ -2158,7 +2135,7 @@ def analyze_batch(
             )
         limit = _pixel_limit(max_pixels, workers, scheduler)
         result = BatchResult(out=out, inputs=files)
-        with run_lock(out, "analyze"), _log_to_file(out / _LOG_NAME):
+        with run_lock(out, "analyze"), log_to_file(out / _LOG_NAME):
             executor = (
                 f"dask:{scheduler}"
                 if scheduler
@@ -2326,7 +2303,7 @@ def segment_batch(
                 f"--out {str(out)!r} holds results of `exouptake analyze`; write the "
                 "segmentation to another folder"
             )
-        with run_lock(out, "segment"), _log_to_file(out / _LOG_NAME):
+        with run_lock(out, "segment"), log_to_file(out / _LOG_NAME):
             log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
             tasks = [
                 _Task(

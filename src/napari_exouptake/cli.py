@@ -296,7 +296,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from .simulate import main_simulate
+    from .commands.simulate import main_simulate
 
     if args.n_images < 1:
         raise UsageError("--n-images must be at least 1")
@@ -305,7 +305,7 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .pipeline import run_demo
+    from .commands.demo import run_demo
 
     return run_demo(args.out)
 
@@ -334,7 +334,7 @@ def _cmd_segment(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .segmentation import main_train
+    from .commands.train import main_train
 
     return main_train(
         images=args.images,
@@ -355,17 +355,17 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .validation import main_validate
+    from .commands.validate import main_validate
 
     return main_validate(args.results, args.truth)
 
 
 def _cmd_dataset(args) -> int:
-    from . import datasets
+    from .commands.dataset import main_dataset
 
     if args.dataset_command is None:
         raise UsageError("give an action: pack, verify, validate or fetch")
-    return datasets.main_dataset(args)
+    return main_dataset(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,7 +42,6 @@ __all__ = [
     "check_channels",
     "readout_overlays",
     "qc_overlay",
-    "run_demo",
     "write_outputs",
 ]
 
@@ -652,7 +651,7 @@ def write_outputs(
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=_json_default))
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=json_default))
     paths["run"] = out / "run.json"
     return paths
 
@@ -708,7 +707,7 @@ def _squeeze(labels: np.ndarray) -> np.ndarray:
     return labels[0] if labels.ndim == 3 and labels.shape[0] == 1 else labels
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
@@ -777,57 +776,3 @@ def condition_summary(results: Sequence[AnalysisResult], config: AssayConfig) ->
         agg[f"pct_{m}_positive"] = (f"{m}_positive", lambda s: 100.0 * s.mean())
     table = cells.groupby("condition", sort=False).agg(**agg)
     return table.round(2)
-
-
-def run_demo(out: str | Path = "exouptake_demo") -> int:
-    """``exouptake demo``: the whole pipeline on the bundled sample dataset, offline."""
-    from .config import load_config
-
-    data = sample_data_dir()
-    images = sorted((data / "images").glob("*.ome.tif"))
-    if not images:
-        raise FileNotFoundError(f"the bundled sample dataset is missing from {data}")
-    config = load_config(data / "config.yaml")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"exouptake demo: {len(images)} sample images -> {out}/")
-    from .batch import _log_to_file, refresh_report
-
-    doses = {}
-    if (data / "conditions.csv").is_file():
-        doses = pd.read_csv(data / "conditions.csv").set_index("image").to_dict("index")
-    results = []
-    t0 = time.perf_counter()
-    with _log_to_file(out / "exouptake.log"):  # Cellpose and torch messages go to the log
-        for i, path in enumerate(images, 1):
-            t = time.perf_counter()
-            r = analyze_image(path, config)
-            results.append(r)
-            dev = r.provenance["segmentation"].get("device", "-")
-            print(
-                f"  [{i}/{len(images)}] {r.image}: {len(r.cells)} cells, {len(r.spots)} puncta "
-                f"({time.perf_counter() - t:.1f} s, {dev})"
-            )
-        results = finalize(results, config)
-        for r in results:  # dose for the report's ordering and dose-response plot
-            row = doses.get(r.image, {})
-            r.summary.update({k: row[k] for k in ("dose", "dose_unit") if k in row})
-        write_outputs(results, out, config)
-        report = refresh_report(out)
-    table = condition_summary(results, config)
-    from .report import _order
-
-    imgs = images_table(results)
-    if "condition" in imgs.columns:  # control first, then by dose, as in the report
-        order = _order(imgs, config.positivity.control_condition)
-        table = table.reindex([c for c in order if c in table.index])
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print("\nPer-condition summary:")
-        print(table.to_string())
-    print(
-        f"\nwrote {out}/cells.csv, spots.csv, images.csv (+ .parquet), columns.md, labels/, qc/, "
-        f"run.json, exouptake.log in {time.perf_counter() - t0:.1f} s"
-    )
-    if report is not None:
-        print(f"open the report in a web browser: {report.resolve().as_uri()}")
-    return 0

@@ -38,6 +38,7 @@ __all__ = [
     "ReportError",
     "build_report",
     "compare_to_control",
+    "condition_order",
     "condition_summary",
     "holm",
     "main_report",
@@ -155,7 +156,7 @@ def readout_metrics(images: pd.DataFrame) -> list[Metric]:
     return [m for m in cand if m.column in images.columns and images[m.column].notna().any()]
 
 
-def _order(images: pd.DataFrame, control: str | None) -> list[str]:
+def condition_order(images: pd.DataFrame, control: str | None) -> list[str]:
     """Control first, then other control-like names (untreated, vehicle ...), then by dose
     (when the table has a numeric ``dose``), then by name."""
     conds = list(dict.fromkeys(images["condition"]))
@@ -728,7 +729,7 @@ def build_report(
     images, cells, run = _load(results_dir)
     conditions = list(dict.fromkeys(images["condition"]))
     control = pick_control(conditions, control, run)
-    order = _order(images, control)
+    order = condition_order(images, control)
     metrics = per_image_metrics(images)
     readouts = readout_metrics(images)
     markers = _markers(images)
