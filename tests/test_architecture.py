@@ -298,3 +298,22 @@ def test_architecture_doc_names_every_module_and_only_those():
     actual = _package_modules()
     assert sorted(actual - named) == [], "modules missing from docs/architecture.md's table"
     assert sorted(named - actual) == [], "docs/architecture.md names modules that do not exist"
+
+
+def test_documented_spot_columns_equal_the_code():
+    """The spot columns listed in docs/INTERFACES.md and docs/quantification.md are the code's
+    ``SPOT_COLUMNS`` (plus ``cell_id``, added by measure)."""
+    import re
+
+    from napari_exouptake.spots import SPOT_COLUMNS
+
+    docs = ROOT.parents[1] / "docs"
+    interfaces = (docs / "INTERFACES.md").read_text()
+    block = interfaces[interfaces.index("- Spots table") : interfaces.index("`df.attrs`")]
+    listed = re.findall(r"`([a-z_]+)`", block)
+    assert [c for c in listed if c not in ("cell_id", "SPOT_COLUMNS")] == list(SPOT_COLUMNS)
+    quant = (docs / "quantification.md").read_text()
+    table = quant[quant.index("### Spots table columns") : quant.index("`match_spots(pred")]
+    rows = re.findall(r"^\| (.+?) \|", table, flags=re.M)[2:]
+    cols = [c for row in rows for c in re.findall(r"`([a-z_]+)`", row) if c != "cell_id"]
+    assert cols == list(SPOT_COLUMNS)
