@@ -8,8 +8,14 @@ import pytest
 from napari_exouptake._synthetic_structures import synthetic_network
 from napari_exouptake.tubes import TubeResult, analyze_tubes, tube_overlay
 
-# exact binary input: no smoothing, no background subtraction, threshold between 0 and 1
-EXACT = {"smoothing_sigma_px": 0.0, "background_radius_px": None, "threshold": 0.5}
+# exact binary input: no smoothing, no background subtraction, threshold between 0 and 1, the
+# mask as drawn (no ridge growth: 1-px lines are narrower than the ridge filter's scales)
+EXACT = {
+    "smoothing_sigma_px": 0.0,
+    "background_radius_px": None,
+    "threshold": 0.5,
+    "method": "intensity",
+}
 
 REQUIRED_KEYS = {"tube_total_length_um", "tube_junctions", "tube_meshes", "tube_length_unit"}
 

@@ -624,7 +624,7 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
     import imageio.v3 as iio
 
     from .io import write_labels
-    from .pipeline import analyze_image, qc_overlay
+    from .pipeline import analyze_image, qc_overlay, write_readout_overlays
 
     out = Path(task.out)
     parts = out / "parts"
@@ -643,12 +643,15 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             cells_frames.append(cells)
             spots_frames.append(res.spots)
             labels_dir = tmp / "labels"
-            write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(res.cells_labels))
+            if res.exo_image is not None:  # None: image-level readouts only, no cells
+                write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(res.cells_labels))
             if res.nuclei_labels is not None:
                 write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(res.nuclei_labels))
             if task.overlays and res.exo_image is not None:
                 (tmp / "qc").mkdir(exist_ok=True)
                 iio.imwrite(tmp / "qc" / f"{unit.name}_overlay.png", qc_overlay(res))
+            if task.overlays:
+                write_readout_overlays(res, tmp / "qc")
             units_meta.append(
                 {
                     "image": unit.name,
@@ -1022,9 +1025,10 @@ def merge_parts(
             src = pdir / "labels" / f"{r.image}_{kind}.tif"
             if src.is_file():
                 _copy_if_changed(src, out / "labels" / src.name)
-        src = pdir / "qc" / f"{r.image}_overlay.png"
-        if src.is_file():
-            _copy_if_changed(src, out / "qc" / src.name)
+        for kind in ("overlay", "tubes", "collagen"):
+            src = pdir / "qc" / f"{r.image}_{kind}.png"
+            if src.is_file():
+                _copy_if_changed(src, out / "qc" / src.name)
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)
@@ -1306,7 +1310,7 @@ def analyze_batch(
         raise BatchUsageError(f"z_mode must be auto, volume or planes, got {z_mode!r}")
     config, out, files = _prepare(inputs, config, out, labels, workers)
     config.check_roles("quantify" if labels is not None else "analyze")
-    if labels is None:
+    if labels is None and not config.image_level_only():
         _check_model(config, scheduler)
     sheet = sample_sheet
     if sample_sheet is not None and not isinstance(sample_sheet, pd.DataFrame):
