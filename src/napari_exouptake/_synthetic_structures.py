@@ -483,9 +483,7 @@ def synthetic_network_realistic(
     )
     lo, hi = brightness_range
     thin_hi = lo + (hi - lo) / 3
-    b = np.where(
-        thin[:, None], rng.uniform(lo, thin_hi, (n_e, 2)), rng.uniform(lo, hi, (n_e, 2))
-    )
+    b = np.where(thin[:, None], rng.uniform(lo, thin_hi, (n_e, 2)), rng.uniform(lo, hi, (n_e, 2)))
     p0, p1 = nodes[edges[:, 0]], nodes[edges[:, 1]]
     signal = _draw_graded_segments(shape, p0, p1, widths, b[:, 0], b[:, 1])
     tube_mask = signal > 0

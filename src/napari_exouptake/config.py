@@ -407,7 +407,9 @@ class AssayConfig(_Frozen):
                 )
             return
         if task == "segment" and self.segmentation.mode == "none":
-            raise ConfigError("segmentation.mode 'none' segments nothing: choose cells, nuclei or expand")
+            raise ConfigError(
+                "segmentation.mode 'none' segments nothing: choose cells, nuclei or expand"
+            )
         if task in ("segment", "analyze"):
             mode = self.segmentation.mode
             if mode in ("nuclei", "expand") and self.channels.nucleus is None:

@@ -380,7 +380,9 @@ def finalize(
         n = len(r.cells)
         cells = classified.iloc[start : start + n].reset_index(drop=True)
         start += n
-        summary = {} if config.image_level_only() else measure.summarize_image(cells, r.spots, markers)
+        summary = (
+            {} if config.image_level_only() else measure.summarize_image(cells, r.spots, markers)
+        )
         summary = {"image": r.image, **summary}
         if r.condition is not None:
             summary["condition"] = r.condition

@@ -213,7 +213,9 @@ def analyze_tubes(
         raise ValueError(f"method must be 'ridge' or 'intensity', got {method!r}")
     wmin, wmax = (float(w) for w in tube_width_px)
     if not (0 < wmin <= wmax and np.isfinite(wmax)):
-        raise ValueError(f"tube_width_px must be (min, max) with 0 < min <= max, got {tube_width_px}")
+        raise ValueError(
+            f"tube_width_px must be (min, max) with 0 < min <= max, got {tube_width_px}"
+        )
     full_shape = img.shape
     binning = 1
     if max_side_px is not None and max(img.shape) > max_side_px:
@@ -282,11 +284,13 @@ def _bin(img: np.ndarray, k: int) -> np.ndarray:
     py, px = (-ny) % k, (-nx) % k
     if py or px:
         img = np.pad(img, ((0, py), (0, px)), mode="reflect")
-    return img.reshape(img.shape[0] // k, k, img.shape[1] // k, k).mean(axis=(1, 3), dtype=np.float32)
+    return img.reshape(img.shape[0] // k, k, img.shape[1] // k, k).mean(
+        axis=(1, 3), dtype=np.float32
+    )
 
 
 def _guess_polarity(img: np.ndarray, radius: float | None) -> str:
-    """"bright" when the image minus its smooth background is skewed positive, else "dark"."""
+    """ "bright" when the image minus its smooth background is skewed positive, else "dark"."""
     r = max(float(radius or 25.0), 5.0)
     step = max(1, int(max(img.shape) // 1024))
     sub = img[::step, ::step]
@@ -334,7 +338,11 @@ def _well_region(img: np.ndarray, required: bool) -> np.ndarray | None:
         return None
     if step > 1:
         well = np.repeat(np.repeat(well, step, 0), step, 1)
-        well = np.pad(well, ((0, max(0, img.shape[0] - well.shape[0])), (0, max(0, img.shape[1] - well.shape[1]))), mode="edge")
+        well = np.pad(
+            well,
+            ((0, max(0, img.shape[0] - well.shape[0])), (0, max(0, img.shape[1] - well.shape[1]))),
+            mode="edge",
+        )
         well = well[: img.shape[0], : img.shape[1]]
     return well
 
@@ -802,10 +810,10 @@ def _metrics_dict(
 ) -> dict:
     f = ps
     kinds = seg["kind"].to_numpy()
-    lens = seg["length_px"].to_numpy()
+    lens = seg["length"].to_numpy()  # in the reported unit (binning included)
 
     def total(*ks):
-        return float(lens[np.isin(kinds, ks)].sum() * f)
+        return float(lens[np.isin(kinds, ks)].sum())
 
     n_branches = int((kinds == "branch").sum())
     seg_len = total("segment", "internal")
