@@ -368,3 +368,27 @@ def test_real_brightfield_well_tube_only(tmp_path):
     assert 60 <= m["tube_meshes"] <= 200
     assert 100 <= m["tube_junctions"] <= 400
     assert (out / "qc" / "well_tubes.png").is_file()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clean_network_dark_on_bright_uneven_illumination_exact(seed):
+    """Issue 16: the clean network drawn dark-on-bright under 50 % uneven illumination (with
+    Poisson noise) gives exact junctions and meshes and length within 5 % (30/30 seeds)."""
+    img, truth = synthetic_network_realistic(
+        seed,
+        (400, 400),
+        polarity="dark",
+        spacing_px=70,
+        jitter_px=10,
+        width_range_px=(5, 5),
+        thin_link_fraction=0,
+        brightness_range=(1, 1),
+        n_clumps=0,
+        illumination=0.5,
+        drop_fraction=0.25,
+    )
+    m = analyze_tubes(img).metrics
+    assert m["tube_polarity"] == "dark"
+    assert m["tube_junctions"] == truth.n_junctions
+    assert m["tube_meshes"] == truth.n_meshes
+    assert _rel(m["tube_total_length_um"], truth.total_length_px) <= 0.05
