@@ -280,14 +280,10 @@ def analyze_tubes(
 
 
 def _bin(img: np.ndarray, k: int) -> np.ndarray:
-    """Mean of k x k blocks (edges padded by reflection), float32."""
-    ny, nx = img.shape
-    py, px = (-ny) % k, (-nx) % k
-    if py or px:
-        img = np.pad(img, ((0, py), (0, px)), mode="reflect")
-    return img.reshape(img.shape[0] // k, k, img.shape[1] // k, k).mean(
-        axis=(1, 3), dtype=np.float32
-    )
+    """Mean of k x k blocks, float32; the last ``shape % k`` rows/columns (< k px) are dropped
+    (no padded copy of a whole-well image)."""
+    ny, nx = (img.shape[0] // k) * k, (img.shape[1] // k) * k
+    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _guess_polarity(img: np.ndarray, radius: float | None) -> str:
@@ -936,7 +932,7 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
     img = np.asarray(image)
     k = result.binning
     if img.ndim == 2 and k > 1 and img.shape == result.full_shape:
-        img = _bin(img.astype(np.float32), k)
+        img = _bin(np.asarray(img, dtype=np.float32), k)
     if img.ndim != 2 or img.shape != result.mask.shape:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
