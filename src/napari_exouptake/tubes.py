@@ -245,12 +245,14 @@ def analyze_tubes(
     n_intensity = int(mask.sum())
     if method == "ridge" and mask.any():
         mask = _ridge_hysteresis(work, mask, (wmin, wmax), ridge_k, roi, min_segment_length_px)
-        mask = _bridge_gaps(mask, max_gap=2 * wmin + 2, cap=wmax / 2 + 2)
     mask = _remove_small(mask, min_object_area_px)
     mask = _fill_small_holes(mask, min_mesh_area_px)
     if clump_min_diameter_px is None:
         clump_min_diameter_px = 2.0 * wmax
     mask, clumps = _split_clumps(mask, float(clump_min_diameter_px), min_segment_length_px)
+    if method == "ridge" and mask.any():
+        mask = _bridge_gaps(mask, max_gap=2 * wmin + 2, cap=wmax / 2 + 2, exclude=clumps > 0)
+        mask = _fill_small_holes(mask, min_mesh_area_px)  # holes a bridge closed
     res = _analyze_mask(
         mask,
         pixel_size_um=ps,
@@ -440,20 +442,26 @@ def _ridge_hysteresis(work, mask, widths, k, roi, min_len) -> np.ndarray:
     return mask | ok[alab]
 
 
-def _bridge_gaps(mask: np.ndarray, max_gap: float, cap: float) -> np.ndarray:
+def _bridge_gaps(
+    mask: np.ndarray, max_gap: float, cap: float, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Join free tube ends to the mask they point at across a gap of at most ``max_gap`` px.
 
     A dim link often stops a few pixels short of the tube it joins (the tube's flank cancels
     its ridge). From every skeleton end the line is followed outwards along the end's direction
     (from the skeleton within 6 px): past the end's own cap (``cap`` px) it must leave the mask
-    and enter it again within ``max_gap`` px; that stretch is then drawn into the mask.
+    and enter it again within ``max_gap`` px; that stretch is then drawn into the mask. Ends
+    within 2 px of ``exclude`` (cell clumps: their skeleton ends are not tube ends) are skipped.
     """
     from skimage.draw import line as draw_line
     from skimage.morphology import skeletonize
 
     skel = skeletonize(mask)
     nb = ndimage.convolve(skel.astype(np.uint8), np.ones((3, 3), np.uint8), mode="constant")
-    ends = np.argwhere(skel & (nb == 2))
+    ends = skel & (nb == 2)
+    if exclude is not None and exclude.any():
+        ends &= ~ndimage.binary_dilation(exclude, iterations=2)
+    ends = np.argwhere(ends)
     if len(ends) == 0:
         return mask
     ny, nx = mask.shape
@@ -517,6 +525,26 @@ def _split_clumps(mask, min_diameter, min_len):
         return mask, clumps
     ids = np.cumsum(keep) * keep
     clumps = ids[lab].astype(np.int32)
+    # a clump the network does not run through (at most one tube touches it: it lies against
+    # a tube or ends one) is cut out of the network mask; with >= 2 tubes attached (cells
+    # gathered at a junction) the network runs through it; a clump embedded in a wider mask
+    # region (more than half of a 5-px ring around it is mask), or whose cut would leave a
+    # hole (tubes wrapped around it), is left alone
+    mask = mask.copy()
+    for k, sl in enumerate(ndimage.find_objects(clumps), start=1):  # loop over clumps (few)
+        if sl is None:
+            continue
+        box = tuple(slice(max(a.start - 6, 0), a.stop + 6) for a in sl)
+        own = clumps[box] == k
+        ring = ndimage.binary_dilation(own, iterations=5) & ~ndimage.binary_dilation(own)
+        touching = ring & mask[box] & (clumps[box] == 0)
+        thin = touching.sum() < 0.5 * ring.sum()
+        if thin and ndimage.label(touching, structure=np.ones((3, 3)))[1] <= 1:
+            cut = mask[box] & ~ndimage.binary_dilation(own)
+            bg, _ = ndimage.label(~cut)
+            edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+            if np.isin(np.unique(bg[own]), edge).all():  # the cut opens onto the outside
+                mask[box] = cut
     # pieces that are a clump and no network: everything left after removing the clump
     # (grown by a few px) is shorter than min_len
     comp, nc = ndimage.label(mask, structure=np.ones((3, 3)))
