@@ -250,3 +250,27 @@ def test_real_shg_against_curvealign():
     # CurveAlign's alignment for this image is 0.59; ours is in the same range
     assert 0.3 < m["collagen_coherency"] < 0.8
     assert 0.4 < m["collagen_fibre_alignment"] < 0.8
+
+
+def test_collagen_only_config_runs_without_segmentation(tmp_path):
+    """Issue 16: a collagen image needs only its own channel; no Cellpose, QC in qc/."""
+    from unittest import mock
+
+    import imageio.v3 as iio
+    import tifffile
+
+    from napari_exouptake import pipeline, segmentation
+    from napari_exouptake.config import AssayConfig
+
+    img, truth = synthetic_fibres(3, mean_angle_deg=60.0, alignment=8.0)
+    tifffile.imwrite(tmp_path / "col.tif", (img * 1000).clip(0).astype(np.uint16))
+    cfg = AssayConfig.from_dict({"collagen": {"channel": 0}})
+    assert cfg.image_level_only()
+    with mock.patch.object(segmentation, "segment", side_effect=AssertionError("no Cellpose")):
+        r = pipeline.analyze_image(tmp_path / "col.tif", cfg)
+        pipeline.write_outputs([r], tmp_path / "out", cfg)
+    assert len(r.cells) == 0
+    assert abs(r.summary["collagen_mean_angle_deg"] - truth.mean_angle_deg) < 5
+    qc = iio.imread(tmp_path / "out" / "qc" / "col_collagen.png")
+    assert qc.shape == (*img.shape, 3)
+    assert not (tmp_path / "out" / "qc" / "col_overlay.png").exists()

@@ -86,7 +86,10 @@ def test_missing_channel_names_the_channels():
             {"channels": {"markers": {"cd31": {"channel": 3, "kindd": "x"}}}},
             r"'channels.markers.cd31.kindd'; allowed here: channel, kind, positivity",
         ),
-        ({"segmentation": {"mode": "bad"}}, r"'segmentation.mode'.*'cells', 'nuclei' or 'expand'"),
+        (
+            {"segmentation": {"mode": "bad"}},
+            r"'segmentation.mode'.*'cells', 'nuclei', 'expand' or 'none'",
+        ),
         ({"spots": {"threshold": "high"}}, r"'spots.threshold': threshold must be 'auto' or a num"),
         ({"channels": {"exosome": True}}, r"'channels.exosome'.*not true/false"),
         ({"channels": {"exosome": -1}}, r"'channels.exosome'.*>= 0"),

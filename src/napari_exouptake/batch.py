@@ -907,7 +907,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
 
 def _analyze_file(task: _Task) -> dict[str, Any]:
     from .io import write_labels
-    from .pipeline import analyze_image
+    from .pipeline import analyze_image, write_readout_overlays
 
     out = Path(task.out)
     parts = out / "parts"
@@ -926,13 +926,16 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             cells_frames.append(cells)
             spots_frames.append(res.spots)
             labels_dir = tmp / "labels"
-            write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(res.cells_labels))
+            if res.exo_image is not None:  # None: image-level readouts only, no cells
+                write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(res.cells_labels))
             if res.nuclei_labels is not None:
                 write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(res.nuclei_labels))
             if task.overlays and res.exo_image is not None:
                 # the overlay is drawn at merge time (run-wide contrast, positive cells)
                 (tmp / "qc").mkdir(exist_ok=True)
                 np.save(tmp / "qc" / f"{unit.name}_exo.npy", _qc_plane(res.exo_image))
+            if task.overlays:
+                write_readout_overlays(res, tmp / "qc")
             units_meta.append(
                 {
                     "image": unit.name,
@@ -1663,6 +1666,11 @@ def _merge_into(
             src = pdir / sub / name
             if src.is_file():
                 _place(src, gen / sub / name, prev / sub / name if prev else None)
+        for kind in ("tubes", "collagen"):  # the image-level readouts' QC pictures
+            src = pdir / "qc" / f"{r.image}_{kind}.png"
+            if src.is_file():
+                name = src.name
+                _place(src, gen / "qc" / name, prev / "qc" / name if prev else None)
     _write_merged_qc(gen, results, files_of)
     run = run_info(config, results)
     if extra_run_info:
@@ -2120,7 +2128,7 @@ def analyze_batch(
         config, out, files = _prepare(inputs, config, out, labels, workers)
         config.check_roles("quantify" if labels is not None else "analyze")
         _preflight_channels(config, files)
-        if labels is None:
+        if labels is None and not config.image_level_only():
             _check_model(config, scheduler)
         sheet = sample_sheet
         if sample_sheet is not None and not isinstance(sample_sheet, pd.DataFrame):

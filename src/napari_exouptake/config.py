@@ -275,7 +275,7 @@ class ChannelsConfig(_Frozen):
 class SegmentationConfig(_Frozen):
     """Cellpose segmentation settings (see :mod:`napari_exouptake.segmentation`)."""
 
-    mode: Literal["cells", "nuclei", "expand"] = "cells"
+    mode: Literal["cells", "nuclei", "expand", "none"] = "cells"
     model: str = "demo-cells"
     nuclei_model: str | None = None
     diameter_px: float | None = Field(30.0, gt=0)
@@ -360,7 +360,14 @@ class TubesConfig(_Frozen):
     """Tube-formation network analysis on one channel (see :mod:`napari_exouptake.tubes`)."""
 
     channel: CheckedChannel
-    bright_tubes: bool = True
+    polarity: Literal["auto", "bright", "dark"] = "auto"
+    bright_tubes: bool | None = None
+    method: Literal["ridge", "intensity"] = "ridge"
+    tube_width_px: tuple[float, float] = (2.0, 12.0)
+    ridge_k: float = Field(4.0, gt=0)
+    clump_min_diameter_px: float | None = Field(None, ge=0)
+    exclude_rim: Literal["auto"] | bool = "auto"
+    max_side_px: int | None = Field(2048, ge=64)
     smoothing_sigma_px: float = Field(2.0, ge=0)
     threshold: Threshold = "auto"
     min_segment_length_px: float = Field(10.0, ge=0)
@@ -452,13 +459,34 @@ class AssayConfig(_Frozen):
         """Plain, JSON/YAML-safe dict that :meth:`from_dict` turns back into an equal config."""
         return self.model_dump(mode="json")
 
+    def image_level_only(self) -> bool:
+        """True when only image-level readouts (tubes, collagen) run: ``segmentation.mode:
+        none``, or no nucleus/cell/exosome/marker channel given while tubes or collagen is."""
+        if self.segmentation.mode == "none":
+            return True
+        ch = self.channels
+        no_cells = ch.nucleus is None and ch.cell is None and ch.exosome is None
+        return no_cells and not ch.markers and (self.tubes is not None or self.collagen is not None)
+
     def check_roles(self, task: Literal["segment", "analyze", "quantify"] = "analyze") -> None:
         """Raise :class:`ConfigError` when a channel role that ``task`` needs is missing.
 
         ``segment`` needs the roles of ``segmentation.mode`` (``nuclei``/``expand``: nucleus;
         ``cells``: cell or nucleus); ``analyze`` needs those and ``exosome``; ``quantify``
-        (labels given, no segmentation) needs only ``exosome``.
+        (labels given, no segmentation) needs only ``exosome``. An image-level-only config
+        (:meth:`image_level_only`) needs ``tubes`` or ``collagen`` and nothing to segment.
         """
+        if task == "analyze" and self.image_level_only():
+            if self.tubes is None and self.collagen is None:
+                raise ConfigError(
+                    "segmentation.mode 'none' analyses no cells: give an image-level readout "
+                    "(tubes: {channel: ...} or collagen: {channel: ...})"
+                )
+            return
+        if task == "segment" and self.segmentation.mode == "none":
+            raise ConfigError(
+                "segmentation.mode 'none' segments nothing: choose cells, nuclei or expand"
+            )
         if task in ("segment", "analyze"):
             mode = self.segmentation.mode
             if mode in ("nuclei", "expand") and self.channels.nucleus is None:
@@ -705,6 +733,8 @@ axes: null                # override the axis order read from the file, e.g. CYX
 
 segmentation:
   mode: cells             # cells (cytoplasm + nucleus) | nuclei | expand (cells grown from nuclei)
+                          # | none (image-level readouts only: tubes/collagen; implied when no
+                          # nucleus/cell/exosome/marker channel is given)
   model: demo-cells       # demo-cells | demo-nuclei | cyto3 | nuclei | cpsam | path to a model file
   nuclei_model: null      # model for nuclei; null = demo-nuclei for demo models, else nuclei
   diameter_px: 30         # typical cell diameter in pixels; null = let Cellpose estimate it
@@ -746,7 +776,9 @@ positivity:                 # see docs/positivity.md
     metric: mean_intensity
     percentile: 95.0
 
-tubes: null               # e.g. {channel: 3}: tube-formation network analysis on that channel
+tubes: null               # e.g. {channel: 3}: tube-formation network analysis on that channel;
+                          # brightfield/phase contrast: {channel: 0, polarity: auto} (auto |
+                          # bright | dark; the well's rim is excluded when found)
 collagen: null            # e.g. {channel: 4}: collagen area and fibre architecture
 
 conditions: {}            # file-name glob -> condition, e.g. {"*ctrl*": untreated, "*EV*": ev}

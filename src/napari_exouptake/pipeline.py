@@ -160,15 +160,20 @@ def analyze_image(
     name = name or image.name
     if condition is None:
         condition = condition_for(name, config)
+    # tube/collagen-only assay: no segmentation, no puncta, no cells (no Cellpose call)
+    image_level = labels is None and config.image_level_only()
     config.check_roles("quantify" if labels is not None else "analyze")
     ch = config.channels.resolve(image.channel_names)
     pixel_size = config.pixel_size_um or image.pixel_size_um
-    exo = _channel_float(image, ch.exosome, "exosome")
+    exo = None if image_level else _channel_float(image, ch.exosome, "exosome")
 
     # -- segmentation ------------------------------------------------------------------------
     step("segmentation", 0.0)
     seg_info: dict[str, Any] = {}
-    if labels is not None:
+    if image_level:
+        cells_lab, nuc_lab = np.zeros((1, 1, 1), np.int32), None
+        seg_info["source"] = "none (image-level readouts only)"
+    elif labels is not None:
         cells_lab = _as_labels(labels, image, "labels")
         nuc_lab = _as_labels(nuclei, image, "nuclei") if nuclei is not None else None
         seg_info["source"] = str(labels) if isinstance(labels, (str, Path)) else "given"
@@ -191,31 +196,38 @@ def analyze_image(
     # -- puncta ------------------------------------------------------------------------------
     step("puncta", 0.5)
     t1 = time.perf_counter()
-    spots_df = spots.detect_spots_from_config(exo, config.spots)
+    if image_level:
+        spots_df = pd.DataFrame({c: pd.Series(dtype=float) for c in ("y", "x", "intensity")})
+    else:
+        spots_df = spots.detect_spots_from_config(exo, config.spots)
     timings["spots"] = time.perf_counter() - t1
 
     # -- measurement -------------------------------------------------------------------------
     step("measurement", 0.7)
     t2 = time.perf_counter()
-    marker_images = {m: _channel_float(image, i, f"markers.{m}") for m, i in ch.markers.items()}
-    squeeze = exo.shape[0] == 1  # a single plane is measured in 2D (no z column)
-    lab_m = cells_lab[0] if squeeze else cells_lab
-    nuc_m = None if nuc_lab is None else (nuc_lab[0] if squeeze else nuc_lab)
-    channels_m = {"exosome": exo[0] if squeeze else exo}
-    channels_m.update({k: (v[0] if squeeze else v) for k, v in marker_images.items()})
-    spots_df = measure.assign_spots(spots_df, lab_m)
-    cells_df = measure.measure_cells(
-        lab_m,
-        channels_m,
-        spots_df,
-        nuclei=nuc_m,
-        pixel_size_um=pixel_size,
-        z_step_um=image.z_step_um,
-        marker_names=list(ch.markers),
-        spot_radius_px=float(spots_df.attrs.get("radius_px", 1.8)),
-    )
-    exo_m = channels_m["exosome"]
-    lab2 = lab_m
+    if image_level:
+        cells_df = pd.DataFrame({"cell_id": pd.Series(dtype=np.int64)})
+        exo_m = lab2 = None
+    else:
+        marker_images = {m: _channel_float(image, i, f"markers.{m}") for m, i in ch.markers.items()}
+        squeeze = exo.shape[0] == 1  # a single plane is measured in 2D (no z column)
+        lab_m = cells_lab[0] if squeeze else cells_lab
+        nuc_m = None if nuc_lab is None else (nuc_lab[0] if squeeze else nuc_lab)
+        channels_m = {"exosome": exo[0] if squeeze else exo}
+        channels_m.update({k: (v[0] if squeeze else v) for k, v in marker_images.items()})
+        spots_df = measure.assign_spots(spots_df, lab_m)
+        cells_df = measure.measure_cells(
+            lab_m,
+            channels_m,
+            spots_df,
+            nuclei=nuc_m,
+            pixel_size_um=pixel_size,
+            z_step_um=image.z_step_um,
+            marker_names=list(ch.markers),
+            spot_radius_px=float(spots_df.attrs.get("radius_px", 1.8)),
+        )
+        exo_m = channels_m["exosome"]
+        lab2 = lab_m
     timings["measure"] = time.perf_counter() - t2
 
     # -- image-level readouts ----------------------------------------------------------------
@@ -239,10 +251,12 @@ def analyze_image(
         res = analyze_collagen(col_img, pixel_size_um=pixel_size, **params)
         extras["collagen"] = res
         readouts.update(res.metrics)
-        if lab2.ndim == 2 and len(cells_df):
+        if lab2 is not None and lab2.ndim == 2 and len(cells_df):
             per_cell = collagen_per_cell(lab2, col_img, ring_width_px=config.collagen.ring_width_px)
             cells_df = cells_df.merge(per_cell, on="cell_id", how="left")
 
+    if extras:
+        extras["qc"] = readout_overlays(image, extras, config)
     cells_df.insert(0, "image", name)
     spots_df = spots_df.reset_index(drop=True)
     if "spot_id" not in spots_df.columns:
@@ -436,45 +450,51 @@ def finalize(
             update={"exosome": exo_rule, "markers": _auto(positivity.markers)}
         )
         marker_rules = {k: _auto(v) for k, v in marker_rules.items()}
-    classified, thresholds, records = measure.positivity_calls(
-        all_cells,
-        positivity,
-        markers,
-        control_cells=control_cells,
-        marker_rules=marker_rules,
-    )
-    conds = sorted({str(r.condition) for r in results if r.condition is not None})
-    if run_warnings:
-        records["exo"]["warnings"] = [*run_warnings, *records["exo"].get("warnings", [])]
-        records["exo"]["fitted_on"] = f"fixed value (no {control!r} cells in the run)"
-    for key, rec in records.items():
-        if rec.get("method") == "auto":
-            rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
-                f"; conditions {', '.join(conds)})" if conds else ")"
-            )
-            if len(results) < MIN_AUTO_IMAGES:
-                rec["warnings"].append(
-                    f"fitted on {len(results)} image(s) only: 'auto' thresholds depend on which "
-                    "images are in the run; compare runs with fixed or control thresholds"
+    if config.image_level_only():  # no cells: nothing to call positive
+        classified, thresholds, records = all_cells, {}, {}
+    else:
+        classified, thresholds, records = measure.positivity_calls(
+            all_cells,
+            positivity,
+            markers,
+            control_cells=control_cells,
+            marker_rules=marker_rules,
+        )
+        conds = sorted({str(r.condition) for r in results if r.condition is not None})
+        if run_warnings:
+            records["exo"]["warnings"] = [*run_warnings, *records["exo"].get("warnings", [])]
+            records["exo"]["fitted_on"] = f"fixed value (no {control!r} cells in the run)"
+        for key, rec in records.items():
+            if rec.get("method") == "auto":
+                rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
+                    f"; conditions {', '.join(conds)})" if conds else ")"
                 )
-        if rec.get("method") == "control" and control is not None:
-            rec["fitted_on"] = f"{rec['fitted_on']} of condition {control!r}"
-            rec["control_condition"] = control
-        for w in rec.get("warnings", []):  # one image of a run (pending_control_ok): quiet
-            log.log(
-                logging.DEBUG if pending_control_ok else logging.WARNING,
-                "positivity %s (%s): %s",
-                key,
-                rec["metric"],
-                w,
-            )
+                if len(results) < MIN_AUTO_IMAGES:
+                    rec["warnings"].append(
+                        f"fitted on {len(results)} image(s) only: 'auto' thresholds depend on "
+                        "which images are in the run; compare runs with fixed or control "
+                        "thresholds"
+                    )
+            if rec.get("method") == "control" and control is not None:
+                rec["fitted_on"] = f"{rec['fitted_on']} of condition {control!r}"
+                rec["control_condition"] = control
+            for w in rec.get("warnings", []):  # one image of a run (pending_control_ok): quiet
+                log.log(
+                    logging.DEBUG if pending_control_ok else logging.WARNING,
+                    "positivity %s (%s): %s",
+                    key,
+                    rec["metric"],
+                    w,
+                )
     out = []
     start = 0
     for r in results:
         n = len(r.cells)
         cells = classified.iloc[start : start + n].reset_index(drop=True)
         start += n
-        summary = measure.summarize_image(cells, r.spots, markers)
+        summary = (
+            {} if config.image_level_only() else measure.summarize_image(cells, r.spots, markers)
+        )
         summary = {"image": r.image, **summary}
         if r.condition is not None:
             summary["condition"] = r.condition
@@ -494,8 +514,10 @@ def finalize(
     return out
 
 
-def readout_overlays(image: ImageData, result: AnalysisResult, config: AssayConfig) -> dict:
-    """QC pictures of the image-level readouts of ``result``.
+def readout_overlays(
+    image: ImageData, result: AnalysisResult | dict, config: AssayConfig
+) -> dict[str, np.ndarray]:
+    """QC pictures of the image-level readouts of ``result`` (or of its ``extras`` dict).
 
     Returns
     -------
@@ -503,18 +525,33 @@ def readout_overlays(image: ImageData, result: AnalysisResult, config: AssayConf
         ``"tubes"`` (skeleton, nodes, meshes) and/or ``"collagen"`` (orientation colour map and
         fibre centre lines), for the readouts the config enabled.
     """
+    extras = result if isinstance(result, dict) else result.extras
     out: dict[str, np.ndarray] = {}
-    if "tubes" in result.extras and config.tubes is not None:
+    if "tubes" in extras and config.tubes is not None:
         from .tubes import tube_overlay
 
         idx = resolve_channel(config.tubes.channel, image.channel_names, "tubes.channel")
-        out["tubes"] = tube_overlay(_plane2d(image, idx), result.extras["tubes"])
-    if "collagen" in result.extras and config.collagen is not None:
+        out["tubes"] = tube_overlay(_plane2d(image, idx), extras["tubes"])
+    if "collagen" in extras and config.collagen is not None:
         from .collagen import collagen_overlay
 
         idx = resolve_channel(config.collagen.channel, image.channel_names, "collagen.channel")
-        out["collagen"] = collagen_overlay(_plane2d(image, idx), result.extras["collagen"])
+        out["collagen"] = collagen_overlay(_plane2d(image, idx), extras["collagen"])
     return out
+
+
+def write_readout_overlays(result: AnalysisResult, qc_dir: Path) -> list[Path]:
+    """Write ``qc/<image>_tubes.png`` / ``qc/<image>_collagen.png`` (the readouts' QC pictures
+    made by :func:`analyze_image`)."""
+    import imageio.v3 as iio
+
+    paths = []
+    for kind, rgb in result.extras.get("qc", {}).items():
+        qc_dir.mkdir(parents=True, exist_ok=True)
+        path = qc_dir / f"{result.image}_{kind}.png"
+        iio.imwrite(path, rgb)
+        paths.append(path)
+    return paths
 
 
 #: image-level readouts shown first (napari widget, demo): key -> label
@@ -643,11 +680,14 @@ def write_outputs(
 
     contrast = run_contrast(r.exo_image for r in results if r.exo_image is not None)
     for r in results:
-        write_labels(out / "labels" / f"{r.image}_cells.tif", _squeeze(r.cells_labels))
+        if r.exo_image is not None:  # None: image-level readouts only, no cells
+            write_labels(out / "labels" / f"{r.image}_cells.tif", _squeeze(r.cells_labels))
         if r.nuclei_labels is not None:
             write_labels(out / "labels" / f"{r.image}_nuclei.tif", _squeeze(r.nuclei_labels))
         if overlays and r.exo_image is not None:
             write_qc(out / "qc" / f"{r.image}_overlay.png", r, contrast)
+        if overlays:
+            write_readout_overlays(r, out / "qc")
     run = run_info(config, results)
     if extra_run_info:
         run.update(extra_run_info)

@@ -1163,6 +1163,12 @@ class ExoUptakeWidget(QWidget):
             meta = {META_KEY: {"kind": f"{kind}_overlay", "image": result.image}}
             scale = tuple(geo["scale"])[-2:]
             translate = tuple(geo["translate"])[-2:]
+            k = getattr(result.extras.get(kind), "binning", 1)  # whole wells are analysed binned
+            if k > 1:
+                translate = tuple(
+                    t + (k - 1) / 2 * s for t, s in zip(translate, scale, strict=True)
+                )
+                scale = tuple(k * s for s in scale)
             if name in self.viewer.layers:
                 self.viewer.layers[name].data = rgb
             else:
