@@ -36,10 +36,6 @@ FACES = ("cli", "commands", "_widgets", "_reader", "_writer", "_sample_data")
 FACE_MODULES = tuple(f"{PKG}.{f}" for f in ("cli", "commands", "_widgets"))
 HEAVY = ("napari", "magicgui", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "torch", "cellpose")
 
-#: (importer, owner) pairs that break the private-import rule and that other work in flight
-#: on issue 18 removes: collagen reads tubes' skeleton helpers, batch pipeline's JSON encoder
-IN_FLIGHT = {("collagen", "tubes"), ("batch", "pipeline")}
-
 
 def _modules() -> dict[str, Path]:
     """Dotted name (without the package prefix; ``""`` for the package) -> source file."""
@@ -184,15 +180,6 @@ def test_no_import_cycle_between_top_level_modules():
     assert _cycles(_graph()) == []
 
 
-def test_no_private_name_imported_across_modules_except_work_in_flight():
-    assert [w for a, b, w in _private_imports() if (a, b) not in IN_FLIGHT] == []
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="collagen imports tubes' private skeleton helpers and batch imports "
-    "pipeline.json_default; being reworked (shared _skeleton.py) in parallel work on issue 18",
-)
 def test_no_private_name_imported_across_modules():
     assert [w for _, _, w in _private_imports()] == []
 

@@ -35,15 +35,15 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .tubes import (
-    _check_image2d,
-    _check_params,
-    _check_pixel_size,
-    _check_thresholds,
-    _otsu_or_none,
-    _path_lengths_smoothed,
-    _prune_skeleton,
-    _to_rgb_uint8,
+from ._skeleton import (
+    check_image2d,
+    check_params,
+    check_pixel_size,
+    check_thresholds,
+    otsu_or_none,
+    path_lengths_smoothed,
+    prune_skeleton,
+    to_rgb_uint8,
 )
 
 __all__ = [
@@ -131,7 +131,7 @@ def structure_tensor_orientation(
     tensor : (3, Y, X) float ndarray
         Smoothed tensor components (Jxx, Jyy, Jxy), x = columns, y = rows (down).
     """
-    img = _check_image2d(image2d)
+    img = check_image2d(image2d)
     gx = ndimage.gaussian_filter(img, gradient_sigma_px, order=(0, 1))
     gy = ndimage.gaussian_filter(img, gradient_sigma_px, order=(1, 0))
     jxx = ndimage.gaussian_filter(gx * gx, tensor_sigma_px)
@@ -264,9 +264,9 @@ def analyze_collagen(
     ValueError
         If the image is not 2D, has NaN/inf, or a parameter is out of range.
     """
-    img = _check_image2d(image2d)
-    ps = _check_pixel_size(pixel_size_um)
-    _check_params(
+    img = check_image2d(image2d)
+    ps = check_pixel_size(pixel_size_um)
+    check_params(
         positive=True,
         tensor_sigma_px=tensor_sigma_px,
         ridge_sigma_px=ridge_sigma_px,
@@ -274,7 +274,7 @@ def analyze_collagen(
     )
     if int(n_angle_bins) < 2:
         raise ValueError(f"n_angle_bins must be >= 2, got {n_angle_bins!r}")
-    _check_thresholds(threshold=threshold, ridge_threshold=ridge_threshold)
+    check_thresholds(threshold=threshold, ridge_threshold=ridge_threshold)
     if not bright_collagen:
         img = img.max() - img
 
@@ -284,7 +284,7 @@ def analyze_collagen(
             f"threshold_method must be one of {sorted(_AUTO_THRESHOLDS)}, got {threshold_method!r}"
         )
     if threshold == "auto":
-        thr = _otsu_or_none(sm)  # None when the image is flat
+        thr = otsu_or_none(sm)  # None when the image is flat
         if thr is not None and threshold_method != "otsu":
             thr = float(_AUTO_THRESHOLDS[threshold_method](sm))
         mask = np.zeros(img.shape, bool) if thr is None else sm > thr
@@ -348,7 +348,7 @@ def _fibre_network(img, mask, ridge_sigma_px, ridge_threshold, min_len):
         return z, z
     ridge = sato(img, sigmas=[ridge_sigma_px], black_ridges=False, mode="reflect")
     if ridge_threshold == "auto":
-        thr = _otsu_or_none(ridge[mask])
+        thr = otsu_or_none(ridge[mask])
         fib = np.zeros(img.shape, bool) if thr is None else (ridge > thr) & mask
     else:
         fib = (ridge > float(ridge_threshold)) & mask
@@ -360,7 +360,7 @@ def _fibre_network(img, mask, ridge_sigma_px, ridge_threshold, min_len):
         keep[0] = False
         fib = keep[lab]
     skel = skeletonize(fib) if fib.any() else np.zeros_like(fib)
-    skel = _prune_skeleton(skel, min_len)
+    skel = prune_skeleton(skel, min_len)
     return fib, skel
 
 
@@ -384,7 +384,7 @@ def _network_metrics(skel: np.ndarray, fib: np.ndarray, ps: float | None) -> dic
 
     sk = skan.Skeleton(skel)
     df = skan.summarize(sk, separator="_")
-    lengths = _path_lengths_smoothed(sk)
+    lengths = path_lengths_smoothed(sk)
     src = df["node_id_src"].to_numpy()
     dst = df["node_id_dst"].to_numpy()
     deg = np.bincount(src, minlength=len(sk.coordinates)) + np.bincount(
@@ -510,7 +510,7 @@ def collagen_overlay(image: np.ndarray, result: CollagenResult) -> np.ndarray:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
         )
-    grey = _to_rgb_uint8(np.nan_to_num(img.astype(np.float64)))
+    grey = to_rgb_uint8(np.nan_to_num(img.astype(np.float64)))
     v = grey[..., 0].astype(np.float64) / 255.0
     hsv = np.stack(
         [result.orientation_deg / 180.0, np.clip(result.coherency * 1.5, 0, 1), 0.25 + 0.75 * v],

@@ -517,8 +517,12 @@ def _thumbnails(
     for c in order:
         names = sorted(images.loc[images["condition"] == c, "image"].astype(str))
         for name in names[:per_condition]:
-            path = qc_dir / f"{name}_overlay.png"
-            if not path.is_file():
+            # the cell overlay, else (tube- or collagen-only assays) the readout's picture
+            candidates = [
+                qc_dir / f"{name}_{kind}.png" for kind in ("overlay", "tubes", "collagen")
+            ]
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
                 continue
             with Image.open(path) as im:
                 im = im.convert("RGB")

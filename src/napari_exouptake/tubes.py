@@ -23,6 +23,17 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ._skeleton import (
+    check_image2d,
+    check_params,
+    check_pixel_size,
+    check_thresholds,
+    otsu_or_none,
+    path_lengths_smoothed,
+    prune_skeleton,
+    to_rgb_uint8,
+)
+
 __all__ = ["TubeResult", "analyze_tubes", "tube_overlay"]
 
 log = logging.getLogger(__name__)
@@ -196,15 +207,15 @@ def analyze_tubes(
     ValueError
         If the image is not 2D, contains NaN/inf, or a parameter is out of range.
     """
-    img = _check_image2d(image2d, dtype=np.float32)
-    ps = _check_pixel_size(pixel_size_um)
-    _check_params(
+    img = check_image2d(image2d, dtype=np.float32)
+    ps = check_pixel_size(pixel_size_um)
+    check_params(
         smoothing_sigma_px=smoothing_sigma_px,
         min_segment_length_px=min_segment_length_px,
         min_mesh_area_px=min_mesh_area_px,
         ridge_k=ridge_k,
     )
-    _check_thresholds(threshold=threshold)
+    check_thresholds(threshold=threshold)
     if bright_tubes is not None:
         polarity = "bright" if bright_tubes else "dark"
     if polarity not in ("auto", "bright", "dark"):
@@ -235,7 +246,7 @@ def analyze_tubes(
         work[~roi] = 0
 
     if threshold == "auto":
-        thr = _otsu_or_none(fg if roi is None else fg[roi])
+        thr = otsu_or_none(fg if roi is None else fg[roi])
         mask = np.zeros(img.shape, bool) if thr is None else fg > thr
     else:
         mask = fg > float(threshold)
@@ -308,7 +319,7 @@ def _well_region(img: np.ndarray, required: bool) -> np.ndarray | None:
     step = max(1, side // 512)
     sub = img[::step, ::step].astype(np.float64)
     sm = ndimage.gaussian_filter(sub, max(2.0, 0.02 * max(sub.shape)))
-    thr = _otsu_or_none(sm)
+    thr = otsu_or_none(sm)
     if thr is None:
         if required:
             raise ValueError("exclude_rim: the image is flat, no well found")
@@ -580,39 +591,6 @@ def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     return mask | small[lab]
 
 
-def _prune_skeleton(skel: np.ndarray, min_len: float, max_iter: int = 5) -> np.ndarray:
-    """Iteratively remove spurs and short isolated pieces shorter than ``min_len`` px."""
-    import skan
-    from skimage.morphology import skeletonize
-
-    skel = skel.copy()
-    for _ in range(max_iter):
-        if skel.sum() < 2:
-            return skel
-        sk = skan.Skeleton(skel)
-        df = skan.summarize(sk, separator="_")
-        lengths = df["branch_distance"].to_numpy()
-        btype = df["branch_type"].to_numpy()
-        drop = np.flatnonzero(((btype == 1) | (btype == 0)) & (lengths < min_len))
-        if drop.size == 0:
-            break
-        deg = sk.degrees
-        for i in drop:  # loop over short spurs only
-            nodes = np.asarray(sk.path(i))
-            nodes = nodes[deg[nodes] < 3]  # keep the junction pixel
-            c = sk.coordinates[nodes].astype(int)
-            skel[c[:, 0], c[:, 1]] = False
-        skel = skeletonize(skel)
-    # remove isolated specks left behind
-    lab, n = ndimage.label(skel, structure=np.ones((3, 3)))
-    if n:
-        sizes = np.bincount(lab.ravel())
-        keep = sizes >= 2
-        keep[0] = False
-        skel = keep[lab]
-    return skel
-
-
 def _empty_result(mask: np.ndarray, ps: float, unit: str) -> TubeResult:
     empty = np.zeros((0, 2))
     seg = pd.DataFrame(
@@ -680,7 +658,7 @@ def _analyze_mask(
     spur_px = min_segment_length_px
     if skel.any():
         spur_px = max(spur_px, 1.5 * (2.0 * float(np.median(dist[skel])) - 1.0))
-    skel = _prune_skeleton(skel, spur_px)
+    skel = prune_skeleton(skel, spur_px)
     vessel_lab, n_vessels = ndimage.label(mask, structure=np.ones((3, 3)))
     meshes, mesh_areas = _meshes(mask, min_mesh_area_px, roi)
     unit = "um" if ps else "px"
@@ -697,7 +675,7 @@ def _analyze_mask(
     src = df["node_id_src"].to_numpy()
     dst = df["node_id_dst"].to_numpy()
     btype = df["branch_type"].to_numpy()
-    length_px = _path_lengths_smoothed(sk)
+    length_px = path_lengths_smoothed(sk)
     # width in pixels across = 2 x (distance to the background) - 1 on the centre line
     width_px = np.maximum(2.0 * _path_means(sk, dist) - 1.0, 1.0)
     median_width = float(np.median(width_px)) if n_paths else 0.0
@@ -965,7 +943,7 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
         )
-    rgb = _to_rgb_uint8(np.nan_to_num(img.astype(np.float64)), 0.5, 99.5).astype(np.float32)
+    rgb = to_rgb_uint8(np.nan_to_num(img.astype(np.float64)), 0.5, 99.5).astype(np.float32)
 
     def tint(where, colour, alpha):
         rgb[where] = (1 - alpha) * rgb[where] + alpha * np.asarray(colour, np.float32)
@@ -1010,111 +988,6 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _check_image2d(
-    image: np.ndarray, name: str = "image2d", dtype: type = np.float64
-) -> np.ndarray:
-    """Validate a 2D numeric image and return it as ``dtype`` (float64 by default).
-
-    Raises
-    ------
-    ValueError
-        If the array is not 2D (after squeezing nothing), not numeric, empty, or
-        contains NaN/inf.
-    """
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2D (Y, X) array, got shape {arr.shape} ({arr.ndim}D); "
-            "pass a single plane or a projection"
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
-    if arr.dtype == bool:
-        arr = arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    arr = arr.astype(dtype, copy=False)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} NaN/inf pixel(s); fill or crop them before analysis"
-        )
-    return arr
-
-
-def _check_params(*, positive: bool = False, **params: float) -> None:
-    """Raise ValueError unless every parameter is finite and >= 0 (> 0 with ``positive``)."""
-    for name, val in params.items():
-        if not np.isfinite(val) or (val <= 0 if positive else val < 0):
-            raise ValueError(
-                f"{name} must be a finite number {'>' if positive else '>='} 0, got {val!r}"
-            )
-
-
-def _check_thresholds(**thresholds: object) -> None:
-    """Raise ValueError unless every threshold is ``"auto"`` or a number."""
-    for name, val in thresholds.items():
-        if not (val == "auto" or isinstance(val, int | float)):
-            raise ValueError(f"{name} must be 'auto' or a number, got {val!r}")
-
-
-def _check_pixel_size(pixel_size_um: float | None) -> float | None:
-    """Validate an optional pixel size (micrometres)."""
-    if pixel_size_um is None:
-        return None
-    ps = float(pixel_size_um)
-    if not np.isfinite(ps) or ps <= 0:
-        raise ValueError(f"pixel_size_um must be a positive number or None, got {pixel_size_um!r}")
-    return ps
-
-
-def _otsu_or_none(values: np.ndarray) -> float | None:
-    """Otsu threshold of ``values``; None when they are (nearly) constant."""
-    from skimage.filters import threshold_otsu
-
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0 or np.ptp(v) <= 1e-12 * max(1.0, float(np.abs(v).max())):
-        return None
-    return float(threshold_otsu(v))
-
-
-def _path_lengths_smoothed(skel_obj, sigma: float = 1.0) -> np.ndarray:
-    """Length of every skan path, measured on Gaussian-smoothed path coordinates.
-
-    Summing 8-connected steps over-estimates the length of oblique lines by up
-    to 8 % (22.5 deg); smoothing the coordinates along the path (end points
-    kept fixed) removes most of that staircase bias.
-
-    Parameters
-    ----------
-    skel_obj : skan.Skeleton
-    sigma : float
-        Smoothing sigma along the path, in path samples (pixels).
-
-    Returns
-    -------
-    (n_paths,) float ndarray
-        Lengths in pixels.
-    """
-    from scipy.ndimage import gaussian_filter1d
-
-    n = skel_obj.n_paths
-    out = np.zeros(n)
-    for i in range(n):  # loop over skeleton paths (not cells/spots); each is a tiny array op
-        c = np.asarray(skel_obj.path_coordinates(i), dtype=np.float64)
-        if len(c) < 2:
-            continue
-        if len(c) >= 5 and sigma > 0:
-            closed = np.array_equal(c[0], c[-1])
-            s = min(sigma, len(c) / 4)
-            cs = gaussian_filter1d(c, s, axis=0, mode="wrap" if closed else "nearest")
-            if not closed:
-                cs[0], cs[-1] = c[0], c[-1]
-            c = cs
-        out[i] = np.linalg.norm(np.diff(c, axis=0), axis=1).sum()
-    return out
-
-
 def _path_means(skel_obj, values: np.ndarray) -> np.ndarray:
     """Mean of a (Y, X) ``values`` image over the pixels of every skan path."""
     n = skel_obj.n_paths
@@ -1125,20 +998,6 @@ def _path_means(skel_obj, values: np.ndarray) -> np.ndarray:
     allc = np.concatenate(idx)
     sums = np.bincount(np.repeat(np.arange(n), counts), values[allc[:, 0], allc[:, 1]], n)
     return sums / np.maximum(counts, 1)
-
-
-def _to_rgb_uint8(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.8) -> np.ndarray:
-    """Percentile-stretch a 2D image to a grey (Y, X, 3) uint8 RGB array."""
-    img = np.asarray(image, dtype=np.float64)
-    finite = img[np.isfinite(img)]
-    if finite.size == 0:
-        g = np.zeros(img.shape, np.uint8)
-    else:
-        lo, hi = np.percentile(finite, [low_pct, high_pct])
-        if hi <= lo:
-            hi = lo + 1.0
-        g = (np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=2)
 
 
 def _paint_points(
