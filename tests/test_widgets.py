@@ -235,8 +235,8 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
     cid = widget.table.row_cell_id(row)
     assert cells_layer.selected_label == cid
     c = feats.loc[feats["cell_id"] == cid, ["centroid_y", "centroid_x"]].to_numpy()[0]
-    camera = getattr(viewer, "scene", viewer).camera
-    np.testing.assert_allclose(camera.center[-2:], c * cells_layer.scale[-2:])
+    lo, hi = widget.view_rect()
+    assert np.all(lo <= c * cells_layer.scale[-2:]) and np.all(c * cells_layer.scale[-2:] <= hi)
     # labels -> table: picking a cell selects its row
     other = int(feats["cell_id"].iloc[-1])
     cells_layer.selected_label = other
@@ -252,7 +252,13 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
 
     # export tables and a QC screenshot
     written = widget.export_tables(tmp_path / "export")
-    assert {p.name for p in written} == {"cells.csv", "cells.parquet", "spots.csv", "spots.parquet"}
+    assert {p.name for p in written} == {
+        "cells.csv",
+        "cells.parquet",
+        "spots.csv",
+        "spots.parquet",
+        "config.yaml",
+    }
     exported = pd.read_parquet(tmp_path / "export" / "cells.parquet")
     np.testing.assert_array_equal(exported["exo_positive"], pos)
     shot = widget.save_screenshot(tmp_path / "qc.png")
@@ -368,9 +374,15 @@ def test_multichannel_layer_source(make_napari_viewer, qtbot):
     )
     w = ExoUptakeWidget(viewer)
     labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
-    assert "stack [2: PKH26]" in labels
+    # channels as "index: name", no whole-stack entry, roles guessed from the names
+    assert labels == ["(none)", "0: DAPI", "1: CellMask", "2: PKH26", "3: CD31", "4: COL1"]
+    assert w.nucleus_combo.currentText() == "0: DAPI"
+    assert w.cell_combo.currentText() == "1: CellMask"
+    assert w.exosome_combo.currentText() == "2: PKH26"
+    guessed = {r["name"].text(): r["channel"].currentText() for r in w._marker_rows}
+    assert guessed == {"cd31": "3: CD31", "col1": "4: COL1"}
     w.load_config(SAMPLE_DIR / "config.yaml")
-    assert w.exosome_combo.currentText() == "stack [2: PKH26]"
+    assert w.exosome_combo.currentText() == "2: PKH26"
     image, layer = w.current_image()
     assert image.channel_names == img.channel_names and layer.name == "stack"
     np.testing.assert_array_equal(image.data, img.data)
@@ -592,15 +604,81 @@ def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
 
 
 def test_detector_note_gives_threshold_and_measured_radius():
-    """The status line gives the threshold in image units and, with radius auto, the
-    measured punctum radius."""
+    """The status line gives the threshold in image units and how it was chosen, the punctum
+    radius (measured with radius auto) and the saturated pixels."""
     from napari_exouptake._widgets._main import detector_note
     from napari_exouptake.simulate import simulate_image
     from napari_exouptake.spots import detect_spots
 
     img = simulate_image(601, difficulty="normal").image[2]
     given = detect_spots(img)
-    assert detector_note(given.attrs) == f" · threshold {given.attrs['threshold']:.4g}"
+    note = detector_note(given.attrs)
+    assert note.startswith(f" · threshold {given.attrs['threshold']:.4g} (automatic: ")
+    assert f"radius {given.attrs['radius_px']:.2f} px" in note and "(measured)" not in note
+    typed = detect_spots(img, threshold=200.0)
+    assert detector_note(typed.attrs).startswith(" · threshold 200 (typed)")
     auto = detect_spots(img, radius_px="auto")
-    assert "(measured)" in detector_note(auto.attrs)
-    assert f"{auto.attrs['radius_px']:.2f} px" in detector_note(auto.attrs)
+    assert f"radius {auto.attrs['radius_px']:.2f} px (measured)" in detector_note(auto.attrs)
+    info = {"n_saturated": 12, "saturation_level": 4095.0}
+    assert detector_note(given.attrs, info).endswith(" · 12 saturated pixels (at 4095)")
+
+
+def test_saturation_counts_pixels_at_the_dtype_or_camera_maximum():
+    from napari_exouptake._widgets._state import saturation
+
+    img = np.zeros((10, 10), np.uint16)
+    img[0, :3] = 65535
+    assert saturation(img) == (3, 65535.0)
+    img[0, :3] = 4095  # a 12-bit camera's maximum in a 16-bit file
+    assert saturation(img) == (3, 4095.0)
+    assert saturation(img.astype(np.float32)) == (0, None)
+
+
+def test_state_model_marks_stale_and_refuses_export():
+    """Qt-free: a settings change after a measurement makes the result stale (signal), export
+    refuses it, a new result clears it; positivity and device changes do not invalidate."""
+    from napari_exouptake._widgets._state import STALE_BANNER, WidgetState
+    from napari_exouptake.config import load_config
+
+    cfg = load_config(SAMPLE_DIR / "config.yaml")
+    state = WidgetState()
+    seen = []
+    state.stale_changed.connect(lambda stale, keys: seen.append((stale, keys)))
+    with pytest.raises(ValueError, match="nothing to export"):
+        state.check_export()
+    state.set_settings(cfg, cells_layer="cells")
+    result = object()
+    state.set_result(result, cfg)
+    assert state.check_export() == (result, cfg) and not state.stale
+    pos = cfg.positivity.model_copy(
+        update={"exosome": cfg.positivity.exosome.model_copy(update={"value": 3.0})}
+    )
+    state.set_settings(cfg.model_copy(update={"positivity": pos}), cells_layer="cells")
+    assert not state.stale  # re-classified in place by finalize
+    other = cfg.channels.model_copy(update={"exosome": "CD31"})
+    state.set_settings(cfg.model_copy(update={"channels": other}), cells_layer="cells")
+    assert state.stale and seen[-1] == (True, "channels.exosome")
+    with pytest.raises(ValueError, match=STALE_BANNER):
+        state.check_export()
+    state.set_settings(cfg, cells_layer="other cells")
+    assert state.stale_keys == ["cells_layer"]
+    state.set_result(result, cfg)
+    assert not state.stale and seen[-1] == (False, "")
+
+
+def test_detection_cache_is_keyed_by_data_channel_and_settings():
+    from napari_exouptake._widgets._state import WidgetState
+    from napari_exouptake.config import SpotsConfig
+
+    state = WidgetState(cache_size=2)
+    data = np.zeros((3, 8, 8))
+    k = state.detection_key("img", data, 2, SpotsConfig())
+    assert state.detection_key("img", data, 2, SpotsConfig()) == k
+    assert state.detection_key("img", data, 1, SpotsConfig()) != k
+    assert state.detection_key("img", data, 2, SpotsConfig(threshold=200.0)) != k
+    assert state.detection_key("img", data.copy(), 2, SpotsConfig()) != k
+    state.store_detection(k, pd.DataFrame(), {"n_saturated": 0})
+    assert state.cached_detection(k)[1] == {"n_saturated": 0}
+    for i in range(2):
+        state.store_detection(("other", i), pd.DataFrame(), {})
+    assert state.cached_detection(k) is None  # least recently used dropped

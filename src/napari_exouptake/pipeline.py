@@ -105,6 +105,7 @@ def analyze_image(
     name: str | None = None,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    spots_table: pd.DataFrame | None = None,
 ) -> AnalysisResult:
     """Analyse one ``(C, Z, Y, X)`` image.
 
@@ -125,6 +126,10 @@ def analyze_image(
     cancel : callable() -> bool, optional
         Checked between stages; when it returns True the analysis stops with
         :class:`InterruptedError`.
+    spots_table : pandas.DataFrame, optional
+        The puncta of this image's exosome channel, already detected with
+        ``spots.detect_spots_from_config(exosome channel, config.spots)`` (the napari widget's
+        preview cache); used instead of detecting again.
 
     Returns
     -------
@@ -184,7 +189,10 @@ def analyze_image(
     # -- puncta ------------------------------------------------------------------------------
     step("puncta", 0.5)
     t1 = time.perf_counter()
-    spots_df = spots.detect_spots_from_config(exo, config.spots)
+    if spots_table is not None:
+        spots_df = spots_table.copy()
+    else:
+        spots_df = spots.detect_spots_from_config(exo, config.spots)
     timings["spots"] = time.perf_counter() - t1
 
     # -- measurement -------------------------------------------------------------------------
