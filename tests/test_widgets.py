@@ -682,3 +682,198 @@ def test_detection_cache_is_keyed_by_data_channel_and_settings():
     for i in range(2):
         state.store_detection(("other", i), pd.DataFrame(), {})
     assert state.cached_detection(k) is None  # least recently used dropped
+
+
+REAL = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "multichannel_bbbc022"
+    / "BBBC022_IXMtest_A02_s9_crop.tif"
+)
+
+
+def _open(kind: str, viewer) -> dict:
+    """Open an image as a biologist does; returns what the walk-through needs."""
+    if kind == "sample":
+        viewer.open_sample("napari-exouptake", "exouptake_sample")
+        return {"path": IMAGE_PATH, "layer": "PKH26", "roles": None, "marker": "cd31"}
+    if not REAL.is_file():
+        pytest.skip(f"real Cell Painting crop not found at {REAL}")
+    viewer.open(str(REAL), plugin="napari")  # File > Open: one (C, Y, X) layer
+    return {"path": REAL, "layer": REAL.stem, "roles": ("0", "1", "2"), "marker": None}
+
+
+def _shot(viewer, qtbot, name: str) -> None:
+    """Save a documentation screenshot when EXOUPTAKE_DOC_SHOTS names a folder."""
+    folder = os.environ.get("EXOUPTAKE_DOC_SHOTS")
+    if not folder:
+        return
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for note in viewer.window._qt_window.findChildren(NapariQtNotification):
+        note.close()
+    qtbot.wait(300)
+    viewer.screenshot(str(Path(folder) / f"widget_{name}.png"), canvas_only=False)
+
+
+def _pick(combo, prefix: str) -> None:
+    items = [combo.itemText(i) for i in range(combo.count())]
+    [item] = [t for t in items if t.startswith(f"{prefix}: ")]
+    combo.setCurrentText(item)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sample", "bbbc022"])
+def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
+    """Open, roles, segment (demo models), preview, measure, stale on a role change, export
+    (config and tables agree), row click -> the cell outlined and in view; the preview's count
+    in a region equals the measured count there, and equals the command line's."""
+    from napari_exouptake import cli
+    from napari_exouptake._widgets import ExoUptakeWidget
+    from napari_exouptake._widgets._main import puncta_in_region
+    from napari_exouptake.config import load_config
+    from napari_exouptake.io import write_labels
+
+    if not _demo_model_available():
+        pytest.skip("bundled demo models not available")
+    import torch  # noqa: F401  - imported here, not first in a worker thread (see below)
+
+    viewer = make_napari_viewer()
+    opened = _open(kind, viewer)
+    _, w = viewer.window.add_plugin_dock_widget("napari-exouptake", "Exosome uptake assay")
+    assert isinstance(w, ExoUptakeWidget)
+    viewer.window._qt_window.show()
+    viewer.window._qt_window.resize(1500, 950)
+    qtbot.wait(200)
+    errors: list[str] = []
+    w.status.linkActivated.connect(errors.append)  # no-op; errors are read from the style
+    if opened["roles"] is None:  # the sample: guessed from the layer names
+        assert (w.nucleus_combo.currentText(), w.exosome_combo.currentText()) == (
+            "DAPI",
+            "PKH26",
+        )
+        w.load_config(SAMPLE_DIR / "config.yaml")
+        w.cells_combo.setCurrentText(TRUTH_LAYER)
+    else:  # a Cell Painting crop: no EV stain; channel 2 stands in for it
+        labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
+        assert labels[1:] == [f"{i}: IXMtest_A02_s9_c{i + 1}.tif" for i in range(3)]
+        _pick(w.nucleus_combo, "0")
+        _pick(w.cell_combo, "1")
+        w.model_combo.setCurrentText("demo-cells")
+        w.mode_combo.setCurrentText("cells")
+    _shot(viewer, qtbot, "1_roles")
+    # segmentation needs no EV channel
+    ev = opened["roles"][2] if opened["roles"] else None
+    if ev is not None:
+        assert w.exosome_combo.currentText() == "(none)"
+    w.device_combo.setCurrentText("cpu")
+    _click(qtbot, w.segment_btn)
+    _wait_idle(qtbot, w)
+    cells_name = f"{opened['path'].name.split('.')[0]} cells"
+    assert cells_name in viewer.layers, w.status.text()
+    assert "cells, model" in w.status.text()
+    cells_layer = viewer.layers[cells_name]
+    assert cells_layer.contour >= 1  # outlines by default
+    if ev is not None:
+        _pick(w.exosome_combo, ev)
+    _shot(viewer, qtbot, "2_segmented")
+
+    # preview on a zoomed-in region: the whole-image detection, shown in view
+    image_layer = viewer.layers[opened["layer"]]
+    shape = np.asarray(np.shape(image_layer.data)[-2:], dtype=float)
+    camera = getattr(viewer, "scene", viewer).camera
+    viewer.reset_view()
+    camera.zoom = camera.zoom * 2.5
+    camera.center = tuple(shape * np.array([0.4, 0.6]) * np.asarray(image_layer.scale[-2:]))
+    qtbot.wait(300)
+    w.preview_check.setChecked(True)
+    qtbot.waitUntil(lambda: "puncta preview" in viewer.layers and w.idle, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: w.preview_counts is not None, timeout=TIMEOUT_MS)
+    region = w.visible_region(image_layer)
+    size = np.array([s.stop - s.start for s in region])
+    assert np.all(size < shape)  # a part of the image, not all of it
+    n_view, n_all = w.preview_counts
+    assert len(viewer.layers["puncta preview"].data) == n_view
+    assert "in view" in w.status.text() and "threshold" in w.status.text()
+    assert "saturated pixels" in w.status.text()
+    _shot(viewer, qtbot, "3_preview")
+
+    # measure: the same detection, so the same puncta in that region
+    w.nuclei_combo.setCurrentText("(none)")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    result = w._result
+    assert result is not None, w.status.text()
+    assert len(result.spots) == n_all
+    assert int(puncta_in_region(result.spots, region).sum()) == n_view
+    assert w.table.horizontalHeaderItem(0).text() == "cell"
+    assert w.table.horizontalHeaderItem(1).text() == "EV puncta"
+    assert w.table.horizontalHeaderItem(2).text() == "EV-positive"
+    assert "EV puncta" in w.status.text() and "threshold" in w.status.text()
+    w.color_combo.setCurrentText("exo_spot_count")
+    assert "exo_spot_count:" in w.legend.text()
+
+    # row click: the cell outlined and in view, the view inside the image
+    feats = cells_layer.features
+    border = feats.sort_values("centroid_x").iloc[0]  # the leftmost cell: a border case
+    w.table.selectRow(w.table.row_of(int(border["cell_id"])))
+    outline = viewer.layers["selected cell"]
+    assert outline.contour == 2 and int(outline.data.sum()) == int(
+        (np.asarray(cells_layer.data) == int(border["cell_id"])).sum()
+    )
+    lo, hi = w.view_rect()
+    c = np.array([border["centroid_y"], border["centroid_x"]]) * cells_layer.scale[-2:]
+    assert np.all(lo <= c) and np.all(c <= hi)
+    ext = np.asarray(cells_layer.extent.world)[:, -2:]
+    assert np.all(lo >= ext[0] - 1) or np.all(hi - lo >= ext[1] - ext[0])
+    _shot(viewer, qtbot, "4_measured")
+
+    # export: the tables and the config that produced them
+    out = tmp_path / "export"
+    w.export_tables(out)
+    exported_cfg = load_config(out / "config.yaml")
+    assert exported_cfg == w._result_config
+
+    # the command line with the exported config: same cells, and the same puncta in the region
+    labels_arg = write_labels(tmp_path / "cells.tif", np.asarray(cells_layer.data))
+    code = cli.main(
+        [
+            "analyze",
+            str(opened["path"]),
+            "--config",
+            str(out / "config.yaml"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--labels",
+            str(labels_arg),
+        ]
+    )
+    assert code == 0
+    ref = pd.read_parquet(tmp_path / "cli" / "cells.parquet")
+    mine = pd.read_parquet(out / "cells.parquet")
+    common = [c for c in ref.columns if c in mine.columns and c not in ("image",)]
+    pd.testing.assert_frame_equal(mine[common], ref[common], check_exact=True, check_dtype=False)
+    cli_spots = pd.read_csv(tmp_path / "cli" / "spots.csv", float_precision="round_trip")
+    assert int(puncta_in_region(cli_spots, region).sum()) == n_view
+
+    # change a role: the results turn stale, export refuses them
+    if ev is not None:
+        _pick(w.exosome_combo, "1")
+    else:
+        w.exosome_combo.setCurrentText("CD31")
+    assert w.state.stale and w.stale_banner.isVisible()
+    assert not w.table.isEnabled()  # greyed
+    _shot(viewer, qtbot, "5_stale")
+    with pytest.raises(ValueError, match="settings changed: measure again"):
+        w.export_tables(tmp_path / "refused")
+    assert not (tmp_path / "refused" / "cells.csv").exists()
+    # measure again: fresh, exportable, and the exported config names the new channel
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    assert not w.state.stale and not w.stale_banner.isVisible()
+    w.export_tables(tmp_path / "again")
+    again = load_config(tmp_path / "again" / "config.yaml")
+    assert again.channels.exosome == w.current_config().channels.exosome
+    assert again.channels.exosome != exported_cfg.channels.exosome
+    assert "color: #e05555" not in w.status.styleSheet(), w.status.text()

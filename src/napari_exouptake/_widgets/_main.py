@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,11 +89,23 @@ KEY_COLUMNS = {
 # -- core calls run in the worker thread (plain functions, no Qt) -------------------------------
 
 
+#: one worker at a time imports torch: two threads importing it at once deadlock (the device
+#: check and a segmentation started right after a device change did)
+_TORCH_IMPORT = threading.Lock()
+
+
+def _resolve_device(spec: str) -> str:
+    from ..segmentation import resolve_device
+
+    with _TORCH_IMPORT:
+        return resolve_device(spec)
+
+
 def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> Any:
-    from ..segmentation import resolve_device, segment
+    from ..segmentation import segment
 
     progress(0.0, f"loading the model {config.segmentation.model}…")
-    device = resolve_device(config.segmentation.device)
+    device = _resolve_device(config.segmentation.device)
     progress(0.0, f"loading the model {config.segmentation.model} on {device}…")
     return segment(image, config, progress=progress, cancel=cancel)
 
@@ -100,14 +113,14 @@ def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any)
 def _job_estimate(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> float:
     from ..segmentation import estimate_diameter
 
+    progress(0.0, "loading the model…")
+    _resolve_device(config.segmentation.device)
     progress(0.0, "estimating the diameter")
     return estimate_diameter(image, config)
 
 
 def _job_device(spec: str, *, progress: Any, cancel: Any) -> str:
-    from ..segmentation import resolve_device
-
-    return resolve_device(spec)
+    return _resolve_device(spec)
 
 
 def detect_channel(data: Any, spots_cfg: Any) -> tuple[Any, dict]:
@@ -1576,7 +1589,11 @@ class ExoUptakeWidget(QWidget):
         return centre - half, centre + half
 
     def _canvas_size(self) -> tuple[int, int]:
-        size = getattr(self.viewer, "_canvas_size", None)
+        import warnings
+
+        with warnings.catch_warnings():  # no public canvas size in napari 0.9
+            warnings.simplefilter("ignore", FutureWarning)
+            size = getattr(self.viewer, "_canvas_size", None)
         if size is None or min(size) <= 1:
             size = (600, 800)
         return int(size[0]), int(size[1])
