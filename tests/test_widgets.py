@@ -754,7 +754,8 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
             "PKH26",
         )
         w.load_config(SAMPLE_DIR / "config.yaml")
-        w.cells_combo.setCurrentText(TRUTH_LAYER)
+        w.tubes_combo.setCurrentText("(none)")  # image-level readouts: not this walk-through
+        w.collagen_combo.setCurrentText("(none)")
     else:  # a Cell Painting crop: no EV stain; channel 2 stands in for it
         labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
         assert labels[1:] == [f"{i}: IXMtest_A02_s9_c{i + 1}.tif" for i in range(3)]
@@ -862,6 +863,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
         _pick(w.exosome_combo, "1")
     else:
         w.exosome_combo.setCurrentText("CD31")
+    w.preview_check.setChecked(False)
     assert w.state.stale and w.stale_banner.isVisible()
     assert not w.table.isEnabled()  # greyed
     _shot(viewer, qtbot, "5_stale")

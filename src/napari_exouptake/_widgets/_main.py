@@ -1677,6 +1677,7 @@ class ExoUptakeWidget(QWidget):
             self._say(str(exc), error=True)
             return
         [new] = finalize([self._result], cfg)
+        self._push_settings()
         self.state.set_result(new, cfg)
         from ._layers import cells_features
 

@@ -100,6 +100,9 @@ class WidgetState:
         d = cfg.to_dict()
         d.pop("positivity", None)
         d.get("segmentation", {}).pop("device", None)  # where it ran changes no number
+        for marker in (d.get("channels", {}).get("markers") or {}).values():
+            if isinstance(marker, dict):
+                marker.pop("positivity", None)  # re-classified in place too
         return {**d, **extra}
 
     def set_settings(self, config: AssayConfig | None, **extra: Any) -> None:
