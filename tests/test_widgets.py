@@ -704,11 +704,14 @@ def _open(kind: str, viewer) -> dict:
     return {"path": REAL, "layer": REAL.stem, "roles": ("0", "1", "2"), "marker": None}
 
 
-def _shot(viewer, qtbot, name: str) -> None:
-    """Save a documentation screenshot when EXOUPTAKE_DOC_SHOTS names a folder."""
+def _shot(viewer, qtbot, name: str, widget=None, fold: tuple = ()) -> None:
+    """Save a documentation screenshot when EXOUPTAKE_DOC_SHOTS names a folder (the steps in
+    ``fold`` folded, so the one shown fits the dock)."""
     folder = os.environ.get("EXOUPTAKE_DOC_SHOTS")
     if not folder:
         return
+    for title, box in widget.sections.items() if widget is not None else ():
+        (box.collapse if title in fold else box.expand)(animate=False)
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
     for note in viewer.window._qt_window.findChildren(NapariQtNotification):
@@ -778,7 +781,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     assert cells_layer.contour >= 1  # outlines by default
     if ev is not None:
         _pick(w.exosome_combo, ev)
-    _shot(viewer, qtbot, "2_segmented")
+    _shot(viewer, qtbot, "2_segmented", w, ("5", "6", "7"))
 
     # preview on a zoomed-in region: the whole-image detection, shown in view
     image_layer = viewer.layers[opened["layer"]]
@@ -798,7 +801,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     assert len(viewer.layers["puncta preview"].data) == n_view
     assert "in view" in w.status.text() and "threshold" in w.status.text()
     assert "saturated pixels" in w.status.text()
-    _shot(viewer, qtbot, "3_preview")
+    _shot(viewer, qtbot, "3_preview", w, ("1", "5", "6", "7"))
 
     # measure: the same detection, so the same puncta in that region
     w.nuclei_combo.setCurrentText("(none)")
@@ -828,7 +831,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     assert np.all(lo <= c) and np.all(c <= hi)
     ext = np.asarray(cells_layer.extent.world)[:, -2:]
     assert np.all(lo >= ext[0] - 1) or np.all(hi - lo >= ext[1] - ext[0])
-    _shot(viewer, qtbot, "4_measured")
+    _shot(viewer, qtbot, "4_measured", w, ("1", "2", "3", "5", "6", "7"))
 
     # export: the tables and the config that produced them
     out = tmp_path / "export"
@@ -866,7 +869,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     w.preview_check.setChecked(False)
     assert w.state.stale and w.stale_banner.isVisible()
     assert not w.table.isEnabled()  # greyed
-    _shot(viewer, qtbot, "5_stale")
+    _shot(viewer, qtbot, "5_stale", w, ("2", "3", "5", "6", "7"))
     with pytest.raises(ValueError, match="settings changed: measure again"):
         w.export_tables(tmp_path / "refused")
     assert not (tmp_path / "refused" / "cells.csv").exists()
