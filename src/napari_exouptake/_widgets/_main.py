@@ -374,6 +374,7 @@ class ExoUptakeWidget(QWidget):
         self._threshold_spins: dict[str, QDoubleSpinBox] = {}
         self._threshold_autos: dict[str, QCheckBox] = {}
         self._detection_info: dict | None = None
+        self._result_status = ""
         self._marker_rows: list[dict[str, Any]] = []
         self._linking = False
         self._loading = False
@@ -1451,10 +1452,11 @@ class ExoUptakeWidget(QWidget):
             if n and "exo_positive" in result.cells
             else 0
         )
-        self._say(
+        self._result_status = (
             f"{result.image}: {n} cells, {len(result.spots)} EV puncta, {100 * pos:.0f}% "
             f"EV-positive{detector_note(result.spots.attrs, self._detection_info)}"
         )
+        self._say(self._result_status)
 
     @staticmethod
     def _key_columns(result: AnalysisResult) -> list[str]:
@@ -1869,6 +1871,10 @@ class ExoUptakeWidget(QWidget):
         self.viewer.layers.selection.active = active
         self.preview_counts = (int(keep.sum()), len(df))
         self._detection_info = info
+        if self._result is not None and not self.state.stale and self._result_status:
+            # a fresh measurement's line stays; the preview adds its count in view
+            self._say(f"{self._result_status} · {int(keep.sum())} EV puncta in view")
+            return
         self._say(
             f"preview: {int(keep.sum())} EV puncta in view, {len(df)} in the whole image"
             f"{detector_note(df.attrs, info)}"
