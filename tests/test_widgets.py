@@ -876,9 +876,57 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     # measure again: fresh, exportable, and the exported config names the new channel
     _click(qtbot, w.measure_btn)
     _wait_idle(qtbot, w)
-    assert not w.state.stale and not w.stale_banner.isVisible()
+    assert not w.state.stale and w.stale_banner.isHidden()
     w.export_tables(tmp_path / "again")
     again = load_config(tmp_path / "again" / "config.yaml")
     assert again.channels.exosome == w.current_config().channels.exosome
     assert again.channels.exosome != exported_cfg.channels.exosome
     assert "color: #e05555" not in w.status.styleSheet(), w.status.text()
+
+
+def test_export_matches_measured_config_and_thresholds_have_auto(widget, qtbot, tmp_path):
+    """Export writes the config that produced the tables; a role change makes the results
+    stale (export refused); a typed positivity threshold can go back to auto and does not
+    outlive a role change."""
+    from napari_exouptake.config import load_config
+
+    w = widget
+    w.load_config(SAMPLE_DIR / "config.yaml")
+    w.tubes_combo.setCurrentText("(none)")
+    w.collagen_combo.setCurrentText("(none)")
+    w.cells_combo.setCurrentText(TRUTH_LAYER)
+    w.nuclei_combo.setCurrentText("(none)")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    measured = w._result_config
+    assert measured is not None and w.stale_banner.isHidden(), w.status.text()
+    counts = w._result.cells["exo_spot_count"].to_numpy()
+    auto_thr = float(w._result.thresholds["exo"])
+
+    # a typed threshold: auto unticked, cells re-classified, still not stale
+    w._threshold_spins["exo"].setValue(auto_thr + 2)
+    assert not w._threshold_autos["exo"].isChecked() and not w.state.stale
+    np.testing.assert_array_equal(w._result.cells["exo_positive"], counts >= auto_thr + 2)
+    # back to auto
+    w._threshold_autos["exo"].setChecked(True)
+    assert "exo" not in w._overrides
+    assert w._threshold_spins["exo"].value() == auto_thr
+    np.testing.assert_array_equal(w._result.cells["exo_positive"], counts >= auto_thr)
+
+    w._threshold_spins["exo"].setValue(auto_thr + 1)
+    w.export_tables(tmp_path / "a")
+    assert load_config(tmp_path / "a" / "config.yaml") == w._result_config
+    cells = pd.read_csv(tmp_path / "a" / "cells.csv")
+    np.testing.assert_array_equal(cells["exo_positive"], counts >= auto_thr + 1)
+
+    # a role change: stale, the typed threshold dropped, export refused
+    w.exosome_combo.setCurrentText("CD31")
+    assert w.state.stale and not w.stale_banner.isHidden() and not w.table.isEnabled()
+    assert w.state.stale_keys == ["channels.exosome"]
+    assert "exo" not in w._overrides
+    with pytest.raises(ValueError, match="settings changed: measure again"):
+        w.export_tables(tmp_path / "b")
+    assert "settings changed" in w.status.text()
+    # back to the measured role: fresh again
+    w.exosome_combo.setCurrentText("PKH26")
+    assert not w.state.stale and w.stale_banner.isHidden()
