@@ -930,3 +930,39 @@ def test_export_matches_measured_config_and_thresholds_have_auto(widget, qtbot, 
     # back to the measured role: fresh again
     w.exosome_combo.setCurrentText("PKH26")
     assert not w.state.stale and w.stale_banner.isHidden()
+
+
+def test_preview_in_view_equals_measured_in_view(widget, qtbot):
+    """The preview's puncta in a zoomed-in region are the measured ones there: one detection
+    on the whole EV channel, computed once and reused by the measurement."""
+    from napari_exouptake._widgets._main import puncta_in_region
+
+    w, viewer = widget, widget.viewer
+    w.load_config(SAMPLE_DIR / "config.yaml")
+    w.tubes_combo.setCurrentText("(none)")
+    w.collagen_combo.setCurrentText("(none)")
+    w.cells_combo.setCurrentText(TRUTH_LAYER)
+    w.nuclei_combo.setCurrentText("(none)")
+    viewer.window._qt_window.show()
+    viewer.window._qt_window.resize(1500, 950)
+    qtbot.wait(200)
+    layer = viewer.layers["PKH26"]
+    camera = getattr(viewer, "scene", viewer).camera
+    viewer.reset_view()
+    camera.zoom = camera.zoom * 3
+    shape = np.asarray(layer.data.shape, dtype=float)
+    camera.center = tuple(layer.data_to_world(shape * np.array([0.3, 0.7])))
+    qtbot.wait(300)
+    w.preview_check.setChecked(True)
+    qtbot.waitUntil(lambda: w.preview_counts is not None and w.idle, timeout=TIMEOUT_MS)
+    region = w.visible_region(layer)
+    assert all(s.stop - s.start < n for s, n in zip(region, layer.data.shape, strict=True))
+    n_view, n_all = w.preview_counts
+    assert 0 < n_view < n_all
+    print(f"preview: {n_view} puncta in view of {n_all}, region {region}")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    spots = w._result.spots
+    assert len(spots) == n_all
+    assert int(puncta_in_region(spots, region).sum()) == n_view
+    assert "threshold" in w.status.text() and "saturated pixels" in w.status.text()
