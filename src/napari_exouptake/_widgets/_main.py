@@ -286,7 +286,8 @@ def _channel_names(layer: Any) -> list[str]:
     ``C1`` ... as ``exouptake analyze`` names them."""
     n = int(layer.data.shape[0])
     names = layer.metadata.get("channel_names")
-    if names is None:
+    if names is None and not layer.metadata.get("_exouptake_names_read"):
+        layer.metadata = {**layer.metadata, "_exouptake_names_read": True}  # read once
         src = _layer_source(layer)
         if src and Path(src).is_file():
             try:
