@@ -235,8 +235,8 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
     cid = widget.table.row_cell_id(row)
     assert cells_layer.selected_label == cid
     c = feats.loc[feats["cell_id"] == cid, ["centroid_y", "centroid_x"]].to_numpy()[0]
-    camera = getattr(viewer, "scene", viewer).camera
-    np.testing.assert_allclose(camera.center[-2:], c * cells_layer.scale[-2:])
+    lo, hi = widget.view_rect()
+    assert np.all(lo <= c * cells_layer.scale[-2:]) and np.all(c * cells_layer.scale[-2:] <= hi)
     # labels -> table: picking a cell selects its row
     other = int(feats["cell_id"].iloc[-1])
     cells_layer.selected_label = other
@@ -252,7 +252,13 @@ def test_full_workflow_equals_cli(widget, qtbot, tmp_path, make_napari_viewer):
 
     # export tables and a QC screenshot
     written = widget.export_tables(tmp_path / "export")
-    assert {p.name for p in written} == {"cells.csv", "cells.parquet", "spots.csv", "spots.parquet"}
+    assert {p.name for p in written} == {
+        "cells.csv",
+        "cells.parquet",
+        "spots.csv",
+        "spots.parquet",
+        "config.yaml",
+    }
     exported = pd.read_parquet(tmp_path / "export" / "cells.parquet")
     np.testing.assert_array_equal(exported["exo_positive"], pos)
     shot = widget.save_screenshot(tmp_path / "qc.png")
@@ -368,9 +374,15 @@ def test_multichannel_layer_source(make_napari_viewer, qtbot):
     )
     w = ExoUptakeWidget(viewer)
     labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
-    assert "stack [2: PKH26]" in labels
+    # channels as "index: name", no whole-stack entry, roles guessed from the names
+    assert labels == ["(none)", "0: DAPI", "1: CellMask", "2: PKH26", "3: CD31", "4: COL1"]
+    assert w.nucleus_combo.currentText() == "0: DAPI"
+    assert w.cell_combo.currentText() == "1: CellMask"
+    assert w.exosome_combo.currentText() == "2: PKH26"
+    guessed = {r["name"].text(): r["channel"].currentText() for r in w._marker_rows}
+    assert guessed == {"cd31": "3: CD31", "col1": "4: COL1"}
     w.load_config(SAMPLE_DIR / "config.yaml")
-    assert w.exosome_combo.currentText() == "stack [2: PKH26]"
+    assert w.exosome_combo.currentText() == "2: PKH26"
     image, layer = w.current_image()
     assert image.channel_names == img.channel_names and layer.name == "stack"
     np.testing.assert_array_equal(image.data, img.data)
@@ -422,10 +434,8 @@ def test_widget_screenshot(widget, qtbot, tmp_path):
     mid = np.asarray(viewer.layers[TRUTH_LAYER].data.shape) / 2
     d2 = (feats["centroid_y"] - mid[0]) ** 2 + (feats["centroid_x"] - mid[1]) ** 2
     central = int(feats["cell_id"].iloc[int(np.argmin(d2.to_numpy()))])
-    widget.table.selectRow(widget.table.row_of(central))  # centres the camera on that cell
+    widget.table.selectRow(widget.table.row_of(central))  # outlines the cell, zooms to it
     assert viewer.layers[TRUTH_LAYER].selected_label == central
-    camera = getattr(viewer, "scene", viewer).camera
-    camera.zoom = camera.zoom * 1.4
     for title in ("1", "2", "6", "7"):  # fold the steps done, show the results
         widget.sections[title].collapse(animate=False)
     from napari._qt.dialogs.qt_notification import NapariQtNotification
@@ -592,15 +602,365 @@ def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
 
 
 def test_detector_note_gives_threshold_and_measured_radius():
-    """The status line gives the threshold in image units and, with radius auto, the
-    measured punctum radius."""
+    """The status line gives the threshold in image units and how it was chosen, the punctum
+    radius (measured with radius auto) and the saturated pixels."""
     from napari_exouptake._widgets._main import detector_note
     from napari_exouptake.simulate import simulate_image
     from napari_exouptake.spots import detect_spots
 
     img = simulate_image(601, difficulty="normal").image[2]
     given = detect_spots(img)
-    assert detector_note(given.attrs) == f" · threshold {given.attrs['threshold']:.4g}"
+    note = detector_note(given.attrs)
+    assert note.startswith(f" · threshold {given.attrs['threshold']:.4g} (automatic: ")
+    assert f"radius {given.attrs['radius_px']:.2f} px" in note and "(measured)" not in note
+    typed = detect_spots(img, threshold=200.0)
+    assert detector_note(typed.attrs).startswith(" · threshold 200 (typed)")
     auto = detect_spots(img, radius_px="auto")
-    assert "(measured)" in detector_note(auto.attrs)
-    assert f"{auto.attrs['radius_px']:.2f} px" in detector_note(auto.attrs)
+    assert f"radius {auto.attrs['radius_px']:.2f} px (measured)" in detector_note(auto.attrs)
+    info = {"n_saturated": 12, "saturation_level": 4095.0}
+    assert detector_note(given.attrs, info).endswith(" · 12 saturated pixels (at 4095)")
+
+
+def test_saturation_counts_pixels_at_the_dtype_or_camera_maximum():
+    from napari_exouptake._widgets._state import saturation
+
+    img = np.zeros((10, 10), np.uint16)
+    img[0, :3] = 65535
+    assert saturation(img) == (3, 65535.0)
+    img[0, :3] = 4095  # a 12-bit camera's maximum in a 16-bit file
+    assert saturation(img) == (3, 4095.0)
+    assert saturation(img.astype(np.float32)) == (0, None)
+
+
+def test_state_model_marks_stale_and_refuses_export():
+    """Qt-free: a settings change after a measurement makes the result stale (signal), export
+    refuses it, a new result clears it; positivity and device changes do not invalidate."""
+    from napari_exouptake._widgets._state import STALE_BANNER, WidgetState
+    from napari_exouptake.config import load_config
+
+    cfg = load_config(SAMPLE_DIR / "config.yaml")
+    state = WidgetState()
+    seen = []
+    state.stale_changed.connect(lambda stale, keys: seen.append((stale, keys)))
+    with pytest.raises(ValueError, match="nothing to export"):
+        state.check_export()
+    state.set_settings(cfg, cells_layer="cells")
+    result = object()
+    state.set_result(result, cfg)
+    assert state.check_export() == (result, cfg) and not state.stale
+    pos = cfg.positivity.model_copy(
+        update={"exosome": cfg.positivity.exosome.model_copy(update={"value": 3.0})}
+    )
+    state.set_settings(cfg.model_copy(update={"positivity": pos}), cells_layer="cells")
+    assert not state.stale  # re-classified in place by finalize
+    other = cfg.channels.model_copy(update={"exosome": "CD31"})
+    state.set_settings(cfg.model_copy(update={"channels": other}), cells_layer="cells")
+    assert state.stale and seen[-1] == (True, "channels.exosome")
+    with pytest.raises(ValueError, match=STALE_BANNER):
+        state.check_export()
+    state.set_settings(cfg, cells_layer="other cells")
+    assert state.stale_keys == ["cells_layer"]
+    state.set_result(result, cfg)
+    assert not state.stale and seen[-1] == (False, "")
+
+
+def test_detection_cache_is_keyed_by_data_channel_and_settings():
+    from napari_exouptake._widgets._state import WidgetState
+    from napari_exouptake.config import SpotsConfig
+
+    state = WidgetState(cache_size=2)
+    data = np.zeros((3, 8, 8))
+    k = state.detection_key("img", data, 2, SpotsConfig())
+    assert state.detection_key("img", data, 2, SpotsConfig()) == k
+    assert state.detection_key("img", data, 1, SpotsConfig()) != k
+    assert state.detection_key("img", data, 2, SpotsConfig(threshold=200.0)) != k
+    assert state.detection_key("img", data.copy(), 2, SpotsConfig()) != k
+    state.store_detection(k, pd.DataFrame(), {"n_saturated": 0})
+    assert state.cached_detection(k)[1] == {"n_saturated": 0}
+    for i in range(2):
+        state.store_detection(("other", i), pd.DataFrame(), {})
+    assert state.cached_detection(k) is None  # least recently used dropped
+
+
+REAL = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "multichannel_bbbc022"
+    / "BBBC022_IXMtest_A02_s9_crop.tif"
+)
+
+
+def _open(kind: str, viewer) -> dict:
+    """Open an image as a biologist does; returns what the walk-through needs."""
+    if kind == "sample":
+        viewer.open_sample("napari-exouptake", "exouptake_sample")
+        return {"path": IMAGE_PATH, "layer": "PKH26", "roles": None, "marker": "cd31"}
+    if not REAL.is_file():
+        pytest.skip(f"real Cell Painting crop not found at {REAL}")
+    viewer.open(str(REAL), plugin="napari")  # File > Open: one (C, Y, X) layer
+    return {"path": REAL, "layer": REAL.stem, "roles": ("0", "1", "2"), "marker": None}
+
+
+def _shot(viewer, qtbot, name: str, widget=None, fold: tuple = ()) -> None:
+    """Save a documentation screenshot when EXOUPTAKE_DOC_SHOTS names a folder (the steps in
+    ``fold`` folded, so the one shown fits the dock)."""
+    folder = os.environ.get("EXOUPTAKE_DOC_SHOTS")
+    if not folder:
+        return
+    for title, box in widget.sections.items() if widget is not None else ():
+        (box.collapse if title in fold else box.expand)(animate=False)
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for note in viewer.window._qt_window.findChildren(NapariQtNotification):
+        note.close()
+    qtbot.wait(300)
+    viewer.screenshot(str(Path(folder) / f"widget_{name}.png"), canvas_only=False)
+
+
+def _pick(combo, prefix: str) -> None:
+    items = [combo.itemText(i) for i in range(combo.count())]
+    [item] = [t for t in items if t.startswith(f"{prefix}: ")]
+    combo.setCurrentText(item)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sample", "bbbc022"])
+def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
+    """Open, roles, segment (demo models), preview, measure, stale on a role change, export
+    (config and tables agree), row click -> the cell outlined and in view; the preview's count
+    in a region equals the measured count there, and equals the command line's."""
+    from napari_exouptake import cli
+    from napari_exouptake._widgets import ExoUptakeWidget
+    from napari_exouptake._widgets._main import puncta_in_region
+    from napari_exouptake.config import load_config
+    from napari_exouptake.io import write_labels
+
+    if not _demo_model_available():
+        pytest.skip("bundled demo models not available")
+    import torch  # noqa: F401  - imported here, not first in a worker thread (see below)
+
+    viewer = make_napari_viewer()
+    opened = _open(kind, viewer)
+    _, w = viewer.window.add_plugin_dock_widget("napari-exouptake", "Exosome uptake assay")
+    assert isinstance(w, ExoUptakeWidget)
+    viewer.window._qt_window.show()
+    viewer.window._qt_window.resize(1500, 950)
+    qtbot.wait(200)
+    errors: list[str] = []
+    w.status.linkActivated.connect(errors.append)  # no-op; errors are read from the style
+    if opened["roles"] is None:  # the sample: guessed from the layer names
+        assert (w.nucleus_combo.currentText(), w.exosome_combo.currentText()) == (
+            "DAPI",
+            "PKH26",
+        )
+        w.load_config(SAMPLE_DIR / "config.yaml")
+        w.tubes_combo.setCurrentText("(none)")  # image-level readouts: not this walk-through
+        w.collagen_combo.setCurrentText("(none)")
+    else:  # a Cell Painting crop: no EV stain; channel 2 stands in for it
+        labels = [w.exosome_combo.itemText(i) for i in range(w.exosome_combo.count())]
+        assert labels[1:] == [f"{i}: IXMtest_A02_s9_c{i + 1}.tif" for i in range(3)]
+        _pick(w.nucleus_combo, "0")
+        _pick(w.cell_combo, "1")
+        w.model_combo.setCurrentText("demo-cells")
+        w.mode_combo.setCurrentText("cells")
+    _shot(viewer, qtbot, "1_roles")
+    # segmentation needs no EV channel
+    ev = opened["roles"][2] if opened["roles"] else None
+    if ev is not None:
+        assert w.exosome_combo.currentText() == "(none)"
+    w.device_combo.setCurrentText("cpu")
+    _click(qtbot, w.segment_btn)
+    _wait_idle(qtbot, w)
+    cells_name = f"{opened['path'].name.split('.')[0]} cells"
+    assert cells_name in viewer.layers, w.status.text()
+    assert "cells, model" in w.status.text()
+    cells_layer = viewer.layers[cells_name]
+    assert cells_layer.contour >= 1  # outlines by default
+    if ev is not None:
+        _pick(w.exosome_combo, ev)
+    _shot(viewer, qtbot, "2_segmented", w, ("5", "6", "7"))
+
+    # preview on a zoomed-in region: the whole-image detection, shown in view
+    image_layer = viewer.layers[opened["layer"]]
+    shape = np.asarray(np.shape(image_layer.data)[-2:], dtype=float)
+    camera = getattr(viewer, "scene", viewer).camera
+    viewer.reset_view()
+    camera.zoom = camera.zoom * 2.5
+    camera.center = tuple(shape * np.array([0.4, 0.6]) * np.asarray(image_layer.scale[-2:]))
+    qtbot.wait(300)
+    w.preview_check.setChecked(True)
+    qtbot.waitUntil(lambda: "puncta preview" in viewer.layers and w.idle, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: w.preview_counts is not None, timeout=TIMEOUT_MS)
+    region = w.visible_region(image_layer)
+    size = np.array([s.stop - s.start for s in region])
+    assert np.all(size < shape)  # a part of the image, not all of it
+    n_view, n_all = w.preview_counts
+    assert len(viewer.layers["puncta preview"].data) == n_view
+    assert "in view" in w.status.text() and "threshold" in w.status.text()
+    assert "saturated pixels" in w.status.text()
+    _shot(viewer, qtbot, "3_preview", w, ("1", "5", "6", "7"))
+
+    # measure: the same detection, so the same puncta in that region
+    w.nuclei_combo.setCurrentText("(none)")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    result = w._result
+    assert result is not None, w.status.text()
+    assert len(result.spots) == n_all
+    assert int(puncta_in_region(result.spots, region).sum()) == n_view
+    assert w.table.horizontalHeaderItem(0).text() == "cell"
+    assert w.table.horizontalHeaderItem(1).text() == "EV puncta"
+    assert w.table.horizontalHeaderItem(2).text() == "EV-positive"
+    assert "EV puncta" in w.status.text() and "threshold" in w.status.text()
+    w.color_combo.setCurrentText("exo_spot_count")
+    assert "exo_spot_count:" in w.legend.text()
+
+    # row click: the cell outlined and in view, the view inside the image
+    feats = cells_layer.features
+    border = feats.sort_values("centroid_x").iloc[0]  # the leftmost cell: a border case
+    w.table.selectRow(w.table.row_of(int(border["cell_id"])))
+    outline = viewer.layers["selected cell"]
+    assert outline.contour >= 1 and int(outline.data.sum()) == int(
+        (np.asarray(cells_layer.data) == int(border["cell_id"])).sum()
+    )
+    lo, hi = w.view_rect()
+    c = np.array([border["centroid_y"], border["centroid_x"]]) * cells_layer.scale[-2:]
+    assert np.all(lo <= c) and np.all(c <= hi)
+    ext = np.asarray(cells_layer.extent.world)[:, -2:]
+    assert np.all(lo >= ext[0] - 1) or np.all(hi - lo >= ext[1] - ext[0])
+    _shot(viewer, qtbot, "4_measured", w, ("1", "2", "3", "5", "6", "7"))
+
+    # export: the tables and the config that produced them
+    out = tmp_path / "export"
+    w.export_tables(out)
+    exported_cfg = load_config(out / "config.yaml")
+    assert exported_cfg == w._result_config
+
+    # the command line with the exported config: same cells, and the same puncta in the region
+    labels_arg = write_labels(tmp_path / "cells.tif", np.asarray(cells_layer.data))
+    code = cli.main(
+        [
+            "analyze",
+            str(opened["path"]),
+            "--config",
+            str(out / "config.yaml"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--labels",
+            str(labels_arg),
+        ]
+    )
+    assert code == 0
+    ref = pd.read_parquet(tmp_path / "cli" / "cells.parquet")
+    mine = pd.read_parquet(out / "cells.parquet")
+    common = [c for c in ref.columns if c in mine.columns and c not in ("image",)]
+    pd.testing.assert_frame_equal(mine[common], ref[common], check_exact=True, check_dtype=False)
+    cli_spots = pd.read_csv(tmp_path / "cli" / "spots.csv", float_precision="round_trip")
+    assert int(puncta_in_region(cli_spots, region).sum()) == n_view
+
+    # change a role: the results turn stale, export refuses them
+    if ev is not None:
+        _pick(w.exosome_combo, "1")
+    else:
+        w.exosome_combo.setCurrentText("CD31")
+    w.preview_check.setChecked(False)
+    assert w.state.stale and w.stale_banner.isVisible()
+    assert not w.table.isEnabled()  # greyed
+    _shot(viewer, qtbot, "5_stale", w, ("2", "3", "5", "6", "7"))
+    with pytest.raises(ValueError, match="settings changed: measure again"):
+        w.export_tables(tmp_path / "refused")
+    assert not (tmp_path / "refused" / "cells.csv").exists()
+    # measure again: fresh, exportable, and the exported config names the new channel
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    assert not w.state.stale and w.stale_banner.isHidden()
+    w.export_tables(tmp_path / "again")
+    again = load_config(tmp_path / "again" / "config.yaml")
+    assert again.channels.exosome == w.current_config().channels.exosome
+    assert again.channels.exosome != exported_cfg.channels.exosome
+    assert "color: #e05555" not in w.status.styleSheet(), w.status.text()
+
+
+def test_export_matches_measured_config_and_thresholds_have_auto(widget, qtbot, tmp_path):
+    """Export writes the config that produced the tables; a role change makes the results
+    stale (export refused); a typed positivity threshold can go back to auto and does not
+    outlive a role change."""
+    from napari_exouptake.config import load_config
+
+    w = widget
+    w.load_config(SAMPLE_DIR / "config.yaml")
+    w.tubes_combo.setCurrentText("(none)")
+    w.collagen_combo.setCurrentText("(none)")
+    w.cells_combo.setCurrentText(TRUTH_LAYER)
+    w.nuclei_combo.setCurrentText("(none)")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    measured = w._result_config
+    assert measured is not None and w.stale_banner.isHidden(), w.status.text()
+    counts = w._result.cells["exo_spot_count"].to_numpy()
+    auto_thr = float(w._result.thresholds["exo"])
+
+    # a typed threshold: auto unticked, cells re-classified, still not stale
+    w._threshold_spins["exo"].setValue(auto_thr + 2)
+    assert not w._threshold_autos["exo"].isChecked() and not w.state.stale
+    np.testing.assert_array_equal(w._result.cells["exo_positive"], counts >= auto_thr + 2)
+    # back to auto
+    w._threshold_autos["exo"].setChecked(True)
+    assert "exo" not in w._overrides
+    assert w._threshold_spins["exo"].value() == auto_thr
+    np.testing.assert_array_equal(w._result.cells["exo_positive"], counts >= auto_thr)
+
+    w._threshold_spins["exo"].setValue(auto_thr + 1)
+    w.export_tables(tmp_path / "a")
+    assert load_config(tmp_path / "a" / "config.yaml") == w._result_config
+    cells = pd.read_csv(tmp_path / "a" / "cells.csv")
+    np.testing.assert_array_equal(cells["exo_positive"], counts >= auto_thr + 1)
+
+    # a role change: stale, the typed threshold dropped, export refused
+    w.exosome_combo.setCurrentText("CD31")
+    assert w.state.stale and not w.stale_banner.isHidden() and not w.table.isEnabled()
+    assert w.state.stale_keys == ["channels.exosome"]
+    assert "exo" not in w._overrides
+    with pytest.raises(ValueError, match="settings changed: measure again"):
+        w.export_tables(tmp_path / "b")
+    assert "settings changed" in w.status.text()
+    # back to the measured role: fresh again
+    w.exosome_combo.setCurrentText("PKH26")
+    assert not w.state.stale and w.stale_banner.isHidden()
+
+
+def test_preview_in_view_equals_measured_in_view(widget, qtbot):
+    """The preview's puncta in a zoomed-in region are the measured ones there: one detection
+    on the whole EV channel, computed once and reused by the measurement."""
+    from napari_exouptake._widgets._main import puncta_in_region
+
+    w, viewer = widget, widget.viewer
+    w.load_config(SAMPLE_DIR / "config.yaml")
+    w.tubes_combo.setCurrentText("(none)")
+    w.collagen_combo.setCurrentText("(none)")
+    w.cells_combo.setCurrentText(TRUTH_LAYER)
+    w.nuclei_combo.setCurrentText("(none)")
+    viewer.window._qt_window.show()
+    viewer.window._qt_window.resize(1500, 950)
+    qtbot.wait(200)
+    layer = viewer.layers["PKH26"]
+    camera = getattr(viewer, "scene", viewer).camera
+    viewer.reset_view()
+    camera.zoom = camera.zoom * 3
+    shape = np.asarray(layer.data.shape, dtype=float)
+    camera.center = tuple(layer.data_to_world(shape * np.array([0.3, 0.7])))
+    qtbot.wait(300)
+    w.preview_check.setChecked(True)
+    qtbot.waitUntil(lambda: w.preview_counts is not None and w.idle, timeout=TIMEOUT_MS)
+    region = w.visible_region(layer)
+    assert all(s.stop - s.start < n for s, n in zip(region, layer.data.shape, strict=True))
+    n_view, n_all = w.preview_counts
+    assert 0 < n_view < n_all
+    print(f"preview: {n_view} puncta in view of {n_all}, region {region}")
+    _click(qtbot, w.measure_btn)
+    _wait_idle(qtbot, w)
+    spots = w._result.spots
+    assert len(spots) == n_all
+    assert int(puncta_in_region(spots, region).sum()) == n_view
+    assert "threshold" in w.status.text() and "saturated pixels" in w.status.text()

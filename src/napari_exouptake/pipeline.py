@@ -112,6 +112,7 @@ def analyze_image(
     name: str | None = None,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    spots_table: pd.DataFrame | None = None,
 ) -> AnalysisResult:
     """Analyse one ``(C, Z, Y, X)`` image.
 
@@ -132,6 +133,10 @@ def analyze_image(
     cancel : callable() -> bool, optional
         Checked between stages; when it returns True the analysis stops with
         :class:`InterruptedError`.
+    spots_table : pandas.DataFrame, optional
+        The puncta of this image's exosome channel, already detected with
+        ``spots.detect_spots_from_config(exosome channel, config.spots)`` (the napari widget's
+        preview cache); used instead of detecting again.
 
     Returns
     -------
@@ -198,6 +203,8 @@ def analyze_image(
     t1 = time.perf_counter()
     if image_level:
         spots_df = pd.DataFrame({c: pd.Series(dtype=float) for c in ("y", "x", "intensity")})
+    elif spots_table is not None:
+        spots_df = spots_table.copy()
     else:
         spots_df = spots.detect_spots_from_config(exo, config.spots)
     timings["spots"] = time.perf_counter() - t1

@@ -34,7 +34,8 @@ class ChannelSource:
     Attributes
     ----------
     label : str
-        Text shown in the dropdown (``"PKH26"`` or ``"stack [2: PKH26]"``).
+        Text shown in the dropdown (``"PKH26"``, or ``"2: PKH26"`` for a channel of a multichannel
+        layer; ``"2: PKH26 · stack"`` when several multichannel layers are open).
     name : str
         Channel name used in the assay config and in ``ImageData.channel_names``.
     layer_name : str

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from ._layers import (
     points_layer_data,
     value_colors,
 )
+from ._state import STALE_BANNER, WidgetState
 from ._table import CellTable
 from ._workers import Job, start_job
 
@@ -64,33 +66,84 @@ MODES = ("cells", "nuclei", "expand")
 KINDS = ("angiogenesis", "collagen", "other")
 #: channel-name patterns used to pre-fill the role dropdowns (case-insensitive)
 ROLE_GUESSES = {
-    "nucleus": r"dapi|hoechst|nuc|draq5|sytox",
-    "cell": r"cellmask|membrane|phalloidin|actin|cyto|wga|bright",
-    "exosome": r"pkh|dii\b|did\b|dio\b|exo|ev\b|cd63|cd9|cd81|gfp",
+    "nucleus": r"dapi|hoechst|h33342|nuc|draq5|sytox|\bdna\b",
+    "cell": r"cellmask|membrane|phalloidin|actin|cyto|wga|bright|tubulin",
+    "exosome": r"pkh|\bdi[idor]\b|exo|\bevs?\b|cd63|\bcd9\b|cd81|gfp|mkate|tdtomato",
+}
+#: marker channels guessed from their names: pattern -> (marker name, kind)
+MARKER_GUESSES = {
+    r"cd31|pecam": ("cd31", "angiogenesis"),
+    r"cd144|ve-?cad": ("vecad", "angiogenesis"),
+    r"vwf": ("vwf", "angiogenesis"),
+    r"col1|col-?i\b|collagen": ("col1", "collagen"),
+}
+#: per-cell columns shown first in the table, with the words used for them
+KEY_COLUMNS = {
+    "cell_id": "cell",
+    "exo_spot_count": "EV puncta",
+    "exo_positive": "EV-positive",
+    "exo_spot_estimate": "EVs (estimate)",
 }
 
 
 # -- core calls run in the worker thread (plain functions, no Qt) -------------------------------
 
 
-def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> Any:
-    from ..segmentation import resolve_device, segment
+#: one worker at a time imports torch: two threads importing it at once deadlock (the device
+#: check and a segmentation started right after a device change did)
+_TORCH_IMPORT = threading.Lock()
 
-    progress(0.0, f"segmenting on {resolve_device(config.segmentation.device)}")
+
+def _resolve_device(spec: str) -> str:
+    from ..segmentation import resolve_device
+
+    with _TORCH_IMPORT:
+        return resolve_device(spec)
+
+
+def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> Any:
+    from ..segmentation import segment
+
+    progress(0.0, f"loading the model {config.segmentation.model}…")
+    device = _resolve_device(config.segmentation.device)
+    progress(0.0, f"loading the model {config.segmentation.model} on {device}…")
     return segment(image, config, progress=progress, cancel=cancel)
 
 
 def _job_estimate(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> float:
     from ..segmentation import estimate_diameter
 
+    progress(0.0, "loading the model…")
+    _resolve_device(config.segmentation.device)
     progress(0.0, "estimating the diameter")
     return estimate_diameter(image, config)
 
 
 def _job_device(spec: str, *, progress: Any, cancel: Any) -> str:
-    from ..segmentation import resolve_device
+    return _resolve_device(spec)
 
-    return resolve_device(spec)
+
+def detect_channel(data: Any, spots_cfg: Any) -> tuple[Any, dict]:
+    """The one puncta detection of an exosome channel, shared by the preview and the
+    measurement: ``detect_spots_from_config`` on the whole channel as ``analyze_image`` runs it
+    (float32, ``(Z, Y, X)``), plus the saturated-pixel count of the raw channel."""
+    from ..spots import detect_spots_from_config
+    from ._state import saturation
+
+    raw = np.asarray(data)
+    arr = np.asarray(raw, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if not np.isfinite(arr).all():
+        raise ValueError("the EV channel contains NaN or infinite values; fix or crop the image")
+    n_sat, level = saturation(raw)
+    df = detect_spots_from_config(arr, spots_cfg)
+    return df, {"n_saturated": n_sat, "saturation_level": level}
+
+
+def _job_detect(data: Any, spots_cfg: Any, *, progress: Any, cancel: Any) -> tuple[Any, dict]:
+    progress(0.0, "detecting EV puncta on the whole image (once per image and settings)…")
+    return detect_channel(data, spots_cfg)
 
 
 def _job_analyze(
@@ -99,12 +152,17 @@ def _job_analyze(
     labels: Any,
     nuclei: Any,
     name: str,
+    detection: tuple[Any, dict] | None,
+    exo_data: Any,
     *,
     progress: Any,
     cancel: Any,
-) -> AnalysisResult:
+) -> tuple[AnalysisResult, tuple[Any, dict]]:
     from ..pipeline import analyze_image, readout_overlays
 
+    if detection is None:  # not previewed with these settings: the same detection, now
+        progress(0.05, "detecting EV puncta")
+        detection = detect_channel(exo_data, config.spots)
     result = analyze_image(
         image,
         config,
@@ -113,21 +171,23 @@ def _job_analyze(
         name=name,
         progress=lambda stage, frac: progress(frac, stage),
         cancel=cancel,
+        spots_table=detection[0],
     )
     # QC pictures of tube/collagen readouts are rendered here, off the Qt thread
     result.extras["overlays"] = readout_overlays(image, result, config)
-    return result
+    return result, detection
 
 
-def _job_preview(
-    crop: np.ndarray, spots_cfg: Any, offset: tuple[int, ...], *, progress: Any, cancel: Any
-) -> Any:
-    from ..spots import detect_spots_from_config
-
-    df = detect_spots_from_config(crop, spots_cfg)
-    for axis, off in zip(("y", "x"), offset[-2:], strict=True):
-        df[axis] = df[axis] + off  # back to full-image pixel coordinates
-    return df
+def puncta_in_region(spots: Any, region: tuple[slice, ...], z: int | None = None) -> np.ndarray:
+    """Bool mask of the puncta (rows of a spots table, pixel coordinates) inside ``region``
+    (``(Y, X)`` slices: ``start <= round(coordinate) < stop``), on plane ``z`` when given."""
+    keep = np.ones(len(spots), dtype=bool)
+    for axis, sl in zip(("y", "x"), region[-2:], strict=True):
+        v = np.round(spots[axis].to_numpy(dtype=float))
+        keep &= (v >= sl.start) & (v < sl.stop)
+    if z is not None and "z" in spots.columns:
+        keep &= np.round(spots["z"].to_numpy(dtype=float)) == z
+    return keep
 
 
 def _job_batch(
@@ -179,16 +239,102 @@ def _layer_source(layer: Any) -> str | None:
     return str(src) if src else None
 
 
-def detector_note(attrs: dict) -> str:
-    """Status-line note on what the punctum detector chose by itself for this image: the
-    threshold (image units) and, when measured, the punctum radius."""
+def detector_note(attrs: dict, info: dict | None = None) -> str:
+    """Status-line note on how the puncta were found on this image: the threshold in image
+    units and how it was chosen, the punctum radius (measured or given), hot pixels removed
+    and, with ``info`` from :func:`detect_channel`, the saturated pixels."""
     parts = []
     thr = attrs.get("threshold")
+    snr = attrs.get("snr_threshold")
     if thr is not None and np.isfinite(thr):
-        parts.append(f"threshold {thr:.4g}")
-    if attrs.get("radius_auto"):
-        parts.append(f"radius {attrs.get('radius_px', float('nan')):.2f} px (measured)")
+        if snr is not None and np.isfinite(snr):
+            how = (
+                "automatic: the signal-to-noise floor of 5"
+                if np.isclose(snr, 5.0)
+                else f"automatic: signal-to-noise ≥ {snr:.3g}"
+            )
+        else:
+            how = "typed"
+        parts.append(f"threshold {thr:.4g} ({how})")
+    rad = attrs.get("radius_px")
+    if rad is not None and np.isfinite(rad):
+        parts.append(f"radius {rad:.2f} px" + (" (measured)" if attrs.get("radius_auto") else ""))
+    if attrs.get("n_spikes"):
+        parts.append(f"{int(attrs['n_spikes'])} hot pixels removed")
+    if info is not None and info.get("saturation_level") is not None:
+        n = int(info.get("n_saturated", 0))
+        parts.append(f"{n} saturated pixels (at {info['saturation_level']:.0f})")
     return "".join(f" · {p}" for p in parts)
+
+
+def _plain_words(message: str) -> str:
+    """Progress messages of the core in the widget's words (no frame numbers of a single
+    image)."""
+    message = re.sub(r"\bframe 0\b[:,]?\s*", "", message)
+    return message.replace("exo ", "EV ").strip()
+
+
+def _is_multichannel(layer: Any) -> bool:
+    """A ``(C, Y, X)`` / ``(C, Z, Y, X)`` image layer (named channels, or at most 8 planes)."""
+    names = layer.metadata.get("channel_names")
+    return layer.ndim >= 3 and (names is not None or layer.data.shape[0] <= 8)
+
+
+def _channel_names(layer: Any) -> list[str]:
+    """Channel names of a multichannel layer: ``metadata["channel_names"]``, else those of the
+    file it was opened from (OME/ImageJ, read once and kept in the metadata), else ``C0``,
+    ``C1`` ... as ``exouptake analyze`` names them."""
+    n = int(layer.data.shape[0])
+    names = layer.metadata.get("channel_names")
+    if names is None and not layer.metadata.get("_exouptake_names_read"):
+        layer.metadata = {**layer.metadata, "_exouptake_names_read": True}  # read once
+        src = _layer_source(layer)
+        if src and Path(src).is_file():
+            try:
+                from ..io import read_image
+
+                img = read_image(src, lazy=True)
+                if img.n_channels == n:
+                    names = list(img.channel_names)
+            except Exception as exc:  # unreadable by our reader: default names
+                log.info("channel names of %s not read: %s", src, exc)
+        if names is not None:
+            layer.metadata = {**layer.metadata, "channel_names": list(names)}
+    names = list(names or [])
+    return [str(names[i]) if i < len(names) else f"C{i}" for i in range(n)]
+
+
+def key_spots(key: tuple) -> Any:
+    """The ``SpotsConfig`` of a detection cache key."""
+    from ..config import SpotsConfig
+
+    return SpotsConfig.model_validate_json(key[-1])
+
+
+def _legend_html(column: str, values: np.ndarray) -> str:
+    """Legend of a colour-by column, in the colours :func:`value_colors` gives."""
+    import matplotlib
+
+    def swatch(rgba: Any, text: str) -> str:
+        r, g, b = (int(255 * c) for c in rgba[:3])
+        return f"<span style='color: rgb({r},{g},{b});'>■</span> {text}"
+
+    vals = np.asarray(values)
+    if vals.dtype == bool:
+        n = int(vals.sum())
+        return (
+            f"{column}: {swatch((0.9, 0.15, 0.15), f'yes ({n})')} &nbsp; "
+            f"{swatch((0.2, 0.4, 0.95), f'no ({vals.size - n})')}"
+        )
+    v = vals.astype(float)
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return f"{column}: no values"
+    lo, hi = float(finite.min()), float(finite.max())
+    cmap = matplotlib.colormaps["viridis"]
+    steps = " ".join(swatch(cmap(t), "") for t in (0.0, 0.25, 0.5, 0.75, 1.0))
+    grey = " · grey: no value" if finite.size < v.size else ""
+    return f"{column}: {lo:.4g} {steps} {hi:.4g}{grey}"
 
 
 # -- the widget ----------------------------------------------------------------------------------
@@ -217,19 +363,23 @@ class ExoUptakeWidget(QWidget):
         scene = getattr(napari_viewer, "scene", None)
         self._camera = scene.camera if scene is not None else napari_viewer.camera
         self._base = AssayConfig()
+        self.state = WidgetState()
         self._job: Job | None = None
         self._preview_job: Job | None = None
         self._device_job: Job | None = None
         self._preview_pending = False
         self._sources: list[ChannelSource] = []
-        self._result: AnalysisResult | None = None
-        self._result_config: AssayConfig | None = None
         self._cells_layer: Any = None
         self._points_layer: Any = None
         self._overrides: dict[str, float] = {}
         self._threshold_spins: dict[str, QDoubleSpinBox] = {}
+        self._threshold_autos: dict[str, QCheckBox] = {}
+        self._detection_info: dict | None = None
+        self._result_status = ""
         self._marker_rows: list[dict[str, Any]] = []
         self._linking = False
+        self._loading = False
+        self.preview_counts: tuple[int, int] | None = None
         self._build()
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
@@ -242,6 +392,18 @@ class ExoUptakeWidget(QWidget):
         self._camera.events.zoom.connect(self._schedule_preview)
         self._refresh_sources()
         self._guess_roles()
+        self.state.stale_changed.connect(self._on_stale)
+        self._connect_settings()
+        self._push_settings()
+
+    # -- results, as the state holds them ----------------------------------------------------
+    @property
+    def _result(self) -> AnalysisResult | None:
+        return self.state.result
+
+    @property
+    def _result_config(self) -> AssayConfig | None:
+        return self.state.result_config
 
     # ---------------------------------------------------------------------------------- UI --
     def _build(self) -> None:
@@ -268,8 +430,12 @@ class ExoUptakeWidget(QWidget):
             (self.cell_combo, "cell"),
             (self.exosome_combo, "exosome"),
         ):
-            combo.setToolTip(f"channel with the {role} stain (layer names)")
-            f.addRow(f"{role}:", combo)
+            combo.setToolTip(
+                f"channel with the {role} stain ('index: name' for the channels of one layer)"
+            )
+        f.addRow("nucleus:", self.nucleus_combo)
+        f.addRow("cell:", self.cell_combo)
+        f.addRow("EV (exosome):", self.exosome_combo)
         self.exosome_combo.currentIndexChanged.connect(self._schedule_preview)
         self.markers_box = QVBoxLayout()
         f.addRow(QLabel("markers (name, channel, kind):"))
@@ -295,6 +461,11 @@ class ExoUptakeWidget(QWidget):
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(MODES)
         f.addRow("mode:", self.mode_combo)
+        self.expand_label = QLabel("")
+        self.expand_label.setWordWrap(True)
+        f.addRow(self.expand_label)
+        self.mode_combo.currentTextChanged.connect(self._update_expand_note)
+        self.pixel_size_spin.valueChanged.connect(self._update_expand_note)
         self.diameter_spin = QDoubleSpinBox()
         self.diameter_spin.setRange(0.0, 10000.0)
         self.diameter_spin.setDecimals(1)
@@ -321,7 +492,7 @@ class ExoUptakeWidget(QWidget):
         lay.addWidget(g)
 
         # 3. puncta
-        g, f = self._section("3  Exosome puncta")
+        g, f = self._section("3  EV puncta")
         self.radius_spin = QDoubleSpinBox()
         self.radius_spin.setRange(0.0, 50.0)
         self.radius_spin.setSpecialValueText("auto")
@@ -342,7 +513,11 @@ class ExoUptakeWidget(QWidget):
         row.addWidget(self.threshold_auto)
         row.addWidget(self.threshold_spin, 1)
         f.addRow("threshold:", self._wrap(row))
-        self.preview_check = QCheckBox("live preview on the visible region")
+        self.preview_check = QCheckBox("preview the EV puncta in view")
+        self.preview_check.setToolTip(
+            "puncta are detected once on the whole image (the same detection the measurement "
+            "uses) and shown in the visible region"
+        )
         self.preview_check.toggled.connect(self._on_preview_toggled)
         f.addRow(self.preview_check)
         for w in (self.radius_spin, self.threshold_spin):
@@ -355,15 +530,26 @@ class ExoUptakeWidget(QWidget):
         self.cells_combo, self.nuclei_combo = QComboBox(), QComboBox()
         f.addRow("cell labels:", self.cells_combo)
         f.addRow("nucleus labels:", self.nuclei_combo)
-        self.measure_btn = QPushButton("Detect puncta and measure")
+        self.measure_btn = QPushButton("Detect EV puncta and measure")
         self.measure_btn.clicked.connect(self.run_measurement)
         f.addRow(self.measure_btn)
+        self.stale_banner = QLabel(STALE_BANNER)
+        self.stale_banner.setWordWrap(True)
+        self.stale_banner.setStyleSheet(
+            "background: #8a6d00; color: white; padding: 3px; font-weight: bold;"
+        )
+        self.stale_banner.setVisible(False)
+        f.addRow(self.stale_banner)
         self.thresholds_form = QFormLayout()
         f.addRow("positive if ≥", self._wrap(self.thresholds_form))
         self.color_combo = QComboBox()
         self.color_combo.addItem(NONE)
         self.color_combo.currentTextChanged.connect(self.color_cells_by)
         f.addRow("colour cells by:", self.color_combo)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        f.addRow(self.legend)
         self.table = CellTable()
         self.table.setMinimumHeight(180)
         self.table.cell_clicked.connect(self.focus_cell)
@@ -518,6 +704,76 @@ class ExoUptakeWidget(QWidget):
         self.status.setStyleSheet("color: #e05555;" if error else "")
         (log.warning if error else log.info)("%s", text)
 
+    # ------------------------------------------------------------------------------ state --
+    def _connect_settings(self) -> None:
+        """Every control that enters the config tells the state model when it changes."""
+        skip = {self.color_combo} | {
+            w for r in self._marker_rows for w in (r["channel"], r["kind"])
+        }
+        for combo in self._body.findChildren(QComboBox):
+            if combo not in skip:
+                combo.currentTextChanged.connect(self._push_settings)
+        for spin in (self.pixel_size_spin, self.diameter_spin, self.radius_spin):
+            spin.valueChanged.connect(self._push_settings)
+        self.threshold_spin.valueChanged.connect(self._push_settings)
+        self.threshold_auto.toggled.connect(self._push_settings)
+
+    def _push_settings(self, *args: Any) -> None:
+        """Hand the settings the controls describe to the state (marks results stale)."""
+        from ..config import ConfigError
+
+        try:
+            cfg = self.current_config()
+        except (ConfigError, ValueError):
+            cfg = None
+        self.state.set_settings(
+            cfg,
+            cells_layer=self.cells_combo.currentText(),
+            nuclei_layer=self.nuclei_combo.currentText(),
+        )
+
+    def _on_stale(self, stale: bool, keys: str) -> None:
+        """Grey the results and show the banner while they no longer match the settings."""
+        self.stale_banner.setVisible(stale)
+        self.stale_banner.setToolTip(f"changed: {keys}" if stale else "")
+        self.table.setEnabled(not stale)
+        self.table.setStyleSheet("QTableWidget { color: #888888; }" if stale else "")
+        for spin in self._threshold_spins.values():
+            spin.setEnabled(not stale)
+        if stale and any(k.startswith("channels.") for k in keys.split(", ")) and self._overrides:
+            # a typed positivity threshold belongs to the channels it was typed for
+            self._overrides.clear()
+            self._say("roles changed: positivity thresholds are back to auto", error=False)
+        if self._cells_layer is not None:
+            self._cells_layer.opacity = 0.25 if stale else 0.8
+
+    def _update_expand_note(self, *args: Any) -> None:
+        """Mode expand: say how far cells grow, in µm or, with no pixel size, in pixels."""
+        if self.mode_combo.currentText() != "expand":
+            self.expand_label.setText("")
+            return
+        grow = self._base.segmentation.expand_um
+        px = self.pixel_size_spin.value() or self._image_pixel_size()
+        if px:
+            self.expand_label.setText(f"cells grow {grow:g} µm ({grow / px:.1f} px) from nuclei")
+            self.expand_label.setStyleSheet("")
+        else:
+            self.expand_label.setText(
+                f"no pixel size: cells grow {grow:g} pixels, not µm. Set the pixel size above "
+                "to grow them in µm."
+            )
+            self.expand_label.setStyleSheet("color: #e0a030;")
+
+    def _image_pixel_size(self) -> float | None:
+        ref = self._ref_source()
+        if ref is None or ref.layer_name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[ref.layer_name]
+        px = layer.metadata.get("pixel_size_um")
+        if px is None and not np.isclose(layer.scale[-1], 1.0):
+            px = float(layer.scale[-1])
+        return px
+
     # -------------------------------------------------------------------- channel sources --
     def _image_layers(self) -> list[Any]:
         from napari.layers import Image
@@ -533,17 +789,18 @@ class ExoUptakeWidget(QWidget):
         from napari.layers import Labels
 
         sources: list[ChannelSource] = []
-        for ly in self._image_layers():
-            names = ly.metadata.get("channel_names")
-            multi = ly.ndim >= 3 and (names is not None or ly.data.shape[0] <= 8)
-            sources.append(ChannelSource(ly.name, ly.name, ly.name, None))
-            if multi:
-                n = ly.data.shape[0]
-                for i in range(n):
-                    cname = (
-                        str(names[i]) if names is not None and i < len(names) else f"{ly.name}[{i}]"
-                    )
-                    sources.append(ChannelSource(f"{ly.name} [{i}: {cname}]", cname, ly.name, i))
+        layers = self._image_layers()
+        multi_layers = [ly for ly in layers if _is_multichannel(ly)]
+        for ly in layers:
+            if ly not in multi_layers:  # a multichannel layer is offered channel by channel
+                sources.append(ChannelSource(ly.name, ly.name, ly.name, None))
+            else:
+                names = _channel_names(ly)
+                for i, cname in enumerate(names):
+                    label = f"{i}: {cname}"
+                    if len(multi_layers) > 1:
+                        label += f" · {ly.name}"
+                    sources.append(ChannelSource(label, cname, ly.name, i))
         self._sources = sources
         combos = [
             self.nucleus_combo,
@@ -571,17 +828,41 @@ class ExoUptakeWidget(QWidget):
         combo.blockSignals(False)
 
     def _guess_roles(self) -> None:
+        """Pre-fill the roles from channel names (DAPI, Hoechst, CellMask, PKH26, CD31 ...)."""
+        candidates = self._channel_candidates()
+        taken = set()
         for role, combo in (
             ("nucleus", self.nucleus_combo),
             ("cell", self.cell_combo),
             ("exosome", self.exosome_combo),
         ):
             if combo.currentText() != NONE:
+                taken.add(combo.currentText())
                 continue
-            for s in self._sources:
-                if s.index is None and re.search(ROLE_GUESSES[role], s.name, re.IGNORECASE):
+            for s in candidates:
+                if s.label not in taken and re.search(ROLE_GUESSES[role], s.name, re.IGNORECASE):
                     combo.setCurrentText(s.label)
+                    taken.add(s.label)
                     break
+        if self._marker_rows:
+            return
+        for s in candidates:
+            if s.label in taken:
+                continue
+            for pattern, (name, kind) in MARKER_GUESSES.items():
+                if re.search(pattern, s.name, re.IGNORECASE):
+                    self.add_marker_row(name, s.label, kind)
+                    taken.add(s.label)
+                    break
+
+    def _ref_source(self) -> ChannelSource | None:
+        """The channel that picks the image: the EV channel, else the cell or nucleus one
+        (segmentation needs no EV channel)."""
+        for combo in (self.exosome_combo, self.cell_combo, self.nucleus_combo):
+            s = self._source(combo.currentText())
+            if s is not None:
+                return s
+        return None
 
     def _source(self, label: str) -> ChannelSource | None:
         for s in self._sources:
@@ -648,6 +929,9 @@ class ExoUptakeWidget(QWidget):
             "positivity": positivity,
         }
         remove.clicked.connect(lambda: self._remove_marker_row(entry))
+        name_edit.textChanged.connect(self._push_settings)
+        combo.currentTextChanged.connect(self._push_settings)
+        kind_combo.currentTextChanged.connect(self._push_settings)
         self._marker_rows.append(entry)
         self.markers_box.addWidget(holder)
         QTimer.singleShot(0, self._fit_width)  # once the new row's size is known
@@ -656,6 +940,8 @@ class ExoUptakeWidget(QWidget):
         self._marker_rows.remove(entry)
         entry["widget"].setParent(None)
         entry["widget"].deleteLater()
+        if hasattr(self, "state"):
+            self._push_settings()
 
     # ----------------------------------------------------------------------------- config --
     def set_config(self, config: AssayConfig) -> None:
@@ -792,9 +1078,9 @@ class ExoUptakeWidget(QWidget):
         multichannel layer its channels; else every layer of the same shape from the same file
         (all same-shape layers when the file is unknown), plus the layers the roles name.
         """
-        exo = self._source(self.exosome_combo.currentText())
+        exo = self._ref_source()
         if exo is None:
-            raise ValueError("pick the exosome channel in section 1 first")
+            raise ValueError("pick the channel roles in section 1 first")
         ref_layer = self.viewer.layers[exo.layer_name]
         src = _layer_source(ref_layer)
         if exo.index is not None:
@@ -828,8 +1114,8 @@ class ExoUptakeWidget(QWidget):
 
     def _geometry(self, layer: Any) -> dict[str, Any]:
         """Spatial ndim, scale and translate of the image layer results are drawn over."""
-        exo = self._source(self.exosome_combo.currentText())
-        multichannel = exo is not None and exo.layer_name == layer.name and exo.index is not None
+        ref = self._ref_source()
+        multichannel = ref is not None and ref.layer_name == layer.name and ref.index is not None
         n = layer.ndim - (1 if multichannel else 0)
         n = 3 if n >= 3 else 2
         return {
@@ -888,7 +1174,7 @@ class ExoUptakeWidget(QWidget):
             self.progress.setRange(0, 100)  # leave the busy indicator once numbers arrive
         self.progress.setValue(int(round(100 * fraction)))
         if message:
-            self.status.setText(message)
+            self.status.setText(_plain_words(message))
 
     def _finished(self) -> None:
         self._job = None
@@ -989,16 +1275,27 @@ class ExoUptakeWidget(QWidget):
                     )
                 )
 
-            cells = put(seg.cells, "cells", meta)
+            cells = put(seg.cells, "cells", meta, opacity=0.8)
+            cells.contour = 1  # outlines: the stains stay visible
             if seg.nuclei is not None:
                 nmeta = {META_KEY: {**meta[META_KEY], "kind": "nuclei"}}
-                nuc = put(seg.nuclei, "nuclei", nmeta, opacity=0.3)
+                nuc = put(seg.nuclei, "nuclei", nmeta, opacity=0.6)
+                nuc.contour = 1
+                nuc.visible = False
                 self.nuclei_combo.setCurrentText(nuc.name)
             self.cells_combo.setCurrentText(cells.name)
+            self.viewer.layers.selection.active = cells
             self.device_label.setText(f"used {seg.device}")
-            self._say(f"{seg.n_cells} cells on {seg.device} ({seg.model_id})")
+            note = ""
+            if cfg.segmentation.mode == "expand" and not (cfg.pixel_size_um or image.pixel_size_um):
+                note = f"; no pixel size: grown {cfg.segmentation.expand_um:g} px from nuclei"
+            self._say(f"{seg.n_cells} cells, model {seg.model_id} on {seg.device}{note}")
 
-        return self._start("segmenting", _job_segment, image, cfg, on_done=done)
+        job = self._start("segmenting", _job_segment, image, cfg, on_done=done)
+        if job is not None:
+            self.progress.setRange(0, 0)  # busy while the model loads, before the first tile
+            self._say(f"loading the model {cfg.segmentation.model}…")
+        return job
 
     def run_measurement(self) -> Job | None:
         """Detect puncta and measure every cell of the chosen labels (worker thread).
@@ -1027,12 +1324,27 @@ class ExoUptakeWidget(QWidget):
         )
         labels = np.asarray(cells_layer.data)
         source_names = list(image.channel_names)
+        key, exo_data, _ = self._detection_request(cfg.spots)
+        cached = self.state.cached_detection(key)
+        self._push_settings()  # the state's settings are the ones measured
 
-        def done(result: AnalysisResult) -> None:
+        def done(out: tuple[AnalysisResult, tuple[Any, dict]]) -> None:
+            result, detection = out
+            self.state.store_detection(key, *detection)
+            self._detection_info = detection[1]
             self._show_result(result, cfg, cells_layer, layer, source_names)
 
         return self._start(
-            "measuring", _job_analyze, image, cfg, labels, nuclei, image.name, on_done=done
+            "measuring",
+            _job_analyze,
+            image,
+            cfg,
+            labels,
+            nuclei,
+            image.name,
+            cached,
+            None if cached is not None else exo_data,
+            on_done=done,
         )
 
     def run_batch(self) -> Job | None:
@@ -1090,7 +1402,7 @@ class ExoUptakeWidget(QWidget):
         from ._layers import cells_features
 
         geo = self._geometry(image_layer)
-        self._result, self._result_config = result, cfg
+        self.state.set_result(result, cfg)
         tie = {
             "image": result.image,
             "computed_from": source_names,
@@ -1117,9 +1429,15 @@ class ExoUptakeWidget(QWidget):
             )
         )
         self._show_readouts(result, geo)
+        if "puncta preview" in self.viewer.layers:  # the measured puncta replace the preview
+            self.viewer.layers["puncta preview"].visible = False
         cells_layer.visible = True  # show what was measured (and let clicks pick cells)
+        cells_layer.contour = max(int(cells_layer.contour), 1)
+        cells_layer.opacity = 0.8
         self.viewer.layers.selection.active = cells_layer
-        self.table.set_table(result.cells)
+        self.table.set_table(
+            result.cells, order=self._key_columns(result), names=self._headers(result)
+        )
         self._build_threshold_spins(result)
         QTimer.singleShot(0, self._fit_width)
         cols = [
@@ -1128,16 +1446,35 @@ class ExoUptakeWidget(QWidget):
             if c not in ("image", "condition") and result.cells[c].dtype.kind in "biuf"
         ]
         self._fill_combo(self.color_combo, cols)
+        self.color_cells_by(self.color_combo.currentText())
         n = len(result.cells)
         pos = (
             float(result.cells["exo_positive"].mean())
             if n and "exo_positive" in result.cells
             else 0
         )
-        self._say(
-            f"{result.image}: {n} cells, {len(result.spots)} puncta, {100 * pos:.0f}% EV-positive"
-            f"{detector_note(result.spots.attrs)}"
+        self._result_status = (
+            f"{result.image}: {n} cells, {len(result.spots)} EV puncta, {100 * pos:.0f}% "
+            f"EV-positive{detector_note(result.spots.attrs, self._detection_info)}"
         )
+        self._say(self._result_status)
+
+    @staticmethod
+    def _key_columns(result: AnalysisResult) -> list[str]:
+        """Columns a biologist reads first: cell, EV puncta, EV-positive, marker positives."""
+        cols = [c for c in KEY_COLUMNS if c in result.cells.columns]
+        cols += [c for c in result.cells.columns if c.endswith("_positive") and c not in cols]
+        return cols
+
+    @staticmethod
+    def _headers(result: AnalysisResult) -> dict[str, str]:
+        names = dict(KEY_COLUMNS)
+        for c in result.cells.columns:
+            if c.endswith("_positive") and c not in names:
+                names[c] = f"{c[: -len('_positive')]}-positive"
+            elif c.startswith("exo_") and c not in names:
+                names[c] = "EV " + c[4:].replace("_", " ")
+        return names
 
     def _show_readouts(self, result: AnalysisResult, geo: dict[str, Any]) -> None:
         """Image-level readouts as text, and their QC pictures as RGB layers."""
@@ -1210,7 +1547,8 @@ class ExoUptakeWidget(QWidget):
         self.table.select_cell(int(self._cells_layer.selected_label))
 
     def focus_cell(self, cell_id: int) -> None:
-        """Select ``cell_id`` in the labels layer and centre the camera on it."""
+        """Select ``cell_id``: outline it (layer ``selected cell``), zoom to it with the view
+        kept inside the image, and select its table row."""
         layer, result = self._cells_layer, self._result
         if layer is None or result is None:
             return
@@ -1219,25 +1557,89 @@ class ExoUptakeWidget(QWidget):
             layer.selected_label = int(cell_id)
         finally:
             self._linking = False
-        row = result.cells.loc[result.cells["cell_id"] == cell_id]
-        if len(row):
-            cols = (
-                ["centroid_z", "centroid_y", "centroid_x"]
-                if layer.ndim == 3
-                else ["centroid_y", "centroid_x"]
-            )
-            pos = row[cols].to_numpy(dtype=float)[0]
-            world = np.asarray(layer.data_to_world(pos))
-            self._camera.center = (
-                tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
-            )
+        labels = np.asarray(layer.data)
+        where = np.nonzero(labels == int(cell_id))
+        if where[0].size:
+            lo = np.array([w.min() for w in where])
+            hi = np.array([w.max() + 1 for w in where])
+            crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+            mask = (labels[crop] == int(cell_id)).astype(np.uint8)
+            self._show_outline(layer, mask, lo)
+            self._zoom_to(layer, lo[-2:], hi[-2:])
+        self.viewer.layers.selection.active = layer
         self.table.select_cell(int(cell_id))
+
+    def _show_outline(self, layer: Any, mask: np.ndarray, start: np.ndarray) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        scale = np.asarray(layer.scale, dtype=float)
+        translate = np.asarray(layer.translate, dtype=float) + start * scale
+        name = "selected cell"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(self.viewer.layers[name])
+        out = self.viewer.add_labels(
+            mask,
+            name=name,
+            scale=tuple(scale),
+            translate=tuple(translate),
+            opacity=1.0,
+            metadata={META_KEY: {"kind": "selected_cell"}},
+        )
+        out.colormap = DirectLabelColormap(
+            color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (1.0, 1.0, 0.0, 1.0)}
+        )
+        out.contour = 1
+
+    def view_rect(self) -> tuple[np.ndarray, np.ndarray]:
+        """World ``(Y, X)`` corners ``(low, high)`` of the canvas' view."""
+        h, w = self._canvas_size()
+        half = np.array([h, w], dtype=float) / (2.0 * self._camera.zoom)
+        centre = np.asarray(self._camera.center, dtype=float)[-2:]
+        return centre - half, centre + half
+
+    def _canvas_size(self) -> tuple[int, int]:
+        import warnings
+
+        with warnings.catch_warnings():  # no public canvas size in napari 0.9
+            warnings.simplefilter("ignore", FutureWarning)
+            size = getattr(self.viewer, "_canvas_size", None)
+        if size is None or min(size) <= 1:
+            size = (600, 800)
+        return int(size[0]), int(size[1])
+
+    def _zoom_to(self, layer: Any, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Zoom so the box ``lo:hi`` (pixels) fills about a third of the canvas, the view
+        clamped inside the image (no empty canvas beside a border cell)."""
+        scale = np.asarray(layer.scale, dtype=float)[-2:]
+        translate = np.asarray(layer.translate, dtype=float)[-2:]
+        shape = np.asarray(np.shape(layer.data)[-2:], dtype=float)
+        img_lo, img_hi = translate - 0.5 * scale, translate + (shape - 0.5) * scale
+        box_lo = translate + (lo - 0.5) * scale
+        box_hi = translate + (hi - 0.5) * scale
+        canvas = np.asarray(self._canvas_size(), dtype=float)
+        want = np.maximum((box_hi - box_lo) * 3.0, 40 * scale)
+        zoom = float(np.min(canvas / np.minimum(want, img_hi - img_lo)))
+        half = canvas / (2.0 * zoom)
+        centre = (box_lo + box_hi) / 2.0
+        for i in range(2):
+            if 2 * half[i] >= img_hi[i] - img_lo[i]:
+                centre[i] = (img_lo[i] + img_hi[i]) / 2.0
+            else:
+                centre[i] = min(max(centre[i], img_lo[i] + half[i]), img_hi[i] - half[i])
+        self._camera.zoom = zoom
+        if self.viewer.dims.ndisplay == 2:
+            self._camera.center = tuple(centre)
+        else:
+            c = list(self._camera.center)
+            c[-2:] = centre
+            self._camera.center = tuple(c)
 
     # ------------------------------------------------------------------------- positivity --
     def _build_threshold_spins(self, result: AnalysisResult) -> None:
+        """One row per positivity threshold: "auto" (the config's rule) or a typed value."""
         while self.thresholds_form.rowCount():
             self.thresholds_form.removeRow(0)
-        self._threshold_spins = {}
+        self._threshold_spins, self._threshold_autos = {}, {}
         for key, value in result.thresholds.items():
             spin = QDoubleSpinBox()
             spin.setRange(-1e12, 1e12)
@@ -1245,28 +1647,47 @@ class ExoUptakeWidget(QWidget):
             spin.setStepType(QDoubleSpinBox.AdaptiveDecimalStepType)
             spin.setKeyboardTracking(False)
             spin.setValue(float(value) if np.isfinite(value) else 0.0)
+            auto = QCheckBox("auto")
+            auto.setToolTip("checked: the threshold of the settings' rule; unchecked: typed")
+            auto.setChecked(key not in self._overrides)
             spin.valueChanged.connect(lambda v, k=key: self.set_threshold(k, v))
+            auto.toggled.connect(
+                lambda on, k=key, sp=spin: self.set_threshold(k, None if on else sp.value())
+            )
             self._threshold_spins[key] = spin
-            self.thresholds_form.addRow(f"{key}:", spin)
+            self._threshold_autos[key] = auto
+            row = QHBoxLayout()
+            row.addWidget(auto)
+            row.addWidget(spin, 1)
+            label = "EV puncta" if key == "exo" else key
+            self.thresholds_form.addRow(f"{label}:", self._wrap(row))
 
-    def set_threshold(self, key: str, value: float) -> None:
-        """Fix the positivity threshold of ``key`` (``"exo"`` or a marker) and re-classify.
+    def set_threshold(self, key: str, value: float | None) -> None:
+        """Fix the positivity threshold of ``key`` (``"exo"`` or a marker) and re-classify;
+        ``None``: back to the settings' rule (auto).
 
         Uses :func:`napari_exouptake.pipeline.finalize` on the stored per-cell table: no
         segmentation or puncta detection is redone.
         """
         if self._result is None:
             return
+        if self.state.stale:
+            self._say(f"{STALE_BANNER} first", error=True)
+            return
         from ..pipeline import finalize
 
-        self._overrides[key] = float(value)
+        if value is None:
+            self._overrides.pop(key, None)
+        else:
+            self._overrides[key] = float(value)
         try:
             cfg = self.current_config()
         except ValueError as exc:  # another control holds a bad value: say which
             self._say(str(exc), error=True)
             return
         [new] = finalize([self._result], cfg, pending_control_ok=True)  # one image: no control
-        self._result, self._result_config = new, cfg
+        self._push_settings()
+        self.state.set_result(new, cfg)
         from ._layers import cells_features
 
         self._cells_layer.features = cells_features(new.cells)
@@ -1280,40 +1701,73 @@ class ExoUptakeWidget(QWidget):
         self._cells_layer.metadata = meta
         for col in [c for c in new.cells.columns if c.endswith("_positive")]:
             self.table.update_column(col, new.cells[col].to_numpy())
+        auto = self._threshold_autos.get(key)
+        if auto is not None and auto.isChecked() != (value is None):
+            auto.blockSignals(True)
+            auto.setChecked(value is None)
+            auto.blockSignals(False)
+        spin = self._threshold_spins.get(key)
+        shown = float(new.thresholds.get(key, np.nan))
+        if spin is not None and value is None and np.isfinite(shown):
+            spin.blockSignals(True)
+            spin.setValue(shown)
+            spin.blockSignals(False)
         if self.color_combo.currentText().endswith("_positive"):
             self.color_cells_by(self.color_combo.currentText())
         n = len(new.cells)
         col = "exo_positive" if key == "exo" else f"{key}_positive"
+        label = "EV puncta" if key == "exo" else key
+        how = "auto" if value is None else "typed"
         if n and col in new.cells:
-            self._say(f"{key} ≥ {value:g}: {100 * float(new.cells[col].mean()):.0f}% positive")
+            self._say(
+                f"{label} ≥ {shown:g} ({how}): {100 * float(new.cells[col].mean()):.0f}% positive"
+            )
 
     # ------------------------------------------------------------------------------ colour --
     def color_cells_by(self, column: str) -> None:
-        """Colour the cells by a per-cell column (``"(none)"``: the labels' own colours)."""
+        """Colour the cells by a per-cell column (``"(none)"``: the labels' own colours), with
+        a legend under the dropdown."""
         layer, result = self._cells_layer, self._result
         if layer is None or result is None:
+            self.legend.setText("")
             return
         if column in ("", NONE) or column not in result.cells.columns:
             original = layer.metadata.get("_exouptake_colormap")
             if original is not None:
                 layer.colormap = original
+            self.legend.setText("")
             return
         from napari.utils.colormaps import DirectLabelColormap
 
-        colors = value_colors(result.cells["cell_id"].to_numpy(), result.cells[column].to_numpy())
+        values = result.cells[column].to_numpy()
+        colors = value_colors(result.cells["cell_id"].to_numpy(), values)
         layer.colormap = DirectLabelColormap(color_dict=colors)
+        layer.contour = 0  # filled: the colour is the reading
+        self.legend.setText(_legend_html(column, values))
 
     # ----------------------------------------------------------------------------- export --
     def export_tables(self, folder: str | Path) -> list[Path]:
-        """Write ``cells``/``spots`` tables (CSV and Parquet) to ``folder``."""
+        """Write ``cells``/``spots`` tables (CSV and Parquet) and the ``config.yaml`` that
+        produced them to ``folder``.
+
+        Raises
+        ------
+        ValueError
+            Nothing measured yet, or the settings changed since (measure again first).
+        """
+        from ..config import save_config
         from ..io import write_table
 
-        if self._result is None:
-            raise ValueError("nothing to export: run 'Detect puncta and measure' first")
+        try:
+            result, cfg = self.state.check_export()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            raise
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        written = write_table(self._result.cells, folder / "cells")
-        written += write_table(self._result.spots, folder / "spots")
+        written = write_table(result.cells, folder / "cells")
+        written += write_table(result.spots, folder / "spots")
+        written.append(save_config(cfg, folder / "config.yaml"))
         self._say(f"wrote {', '.join(p.name for p in written)} to {folder}")
         return written
 
@@ -1348,51 +1802,45 @@ class ExoUptakeWidget(QWidget):
             lo, hi = np.zeros(2, int), np.asarray(shape)
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
+    def _current_z(self, data: Any) -> int | None:
+        if np.ndim(data) != 3:
+            return None
+        z = int(self.viewer.dims.current_step[-3]) if self.viewer.dims.ndim >= 3 else 0
+        return min(max(z, 0), np.shape(data)[0] - 1)
+
+    def _detection_request(self, spots_cfg: Any = None) -> tuple[Any, Any, Any]:
+        """``(cache key, EV channel array, its layer)`` of the current settings."""
+        exo = self._source(self.exosome_combo.currentText())
+        if exo is None:
+            raise ValueError("pick the EV (exosome) channel in section 1 to preview puncta")
+        if spots_cfg is None:
+            spots_cfg = self.current_config().spots
+        layer = self.viewer.layers[exo.layer_name]
+        key = self.state.detection_key(layer.name, layer.data, exo.index, spots_cfg)
+        return key, self._source_array(exo), layer
+
     def update_preview(self) -> Job | None:
-        """Detect puncta on the visible region of the exosome channel (worker thread)."""
+        """Show the EV puncta in the visible region, from the detection on the whole EV
+        channel (run once per image, channel and settings in a worker thread, then cached;
+        the measurement reuses it)."""
         if not self.preview_check.isChecked():
+            return None
+        try:
+            key, data, layer = self._detection_request()
+        except ValueError as exc:
+            self._say(str(exc), error=True)
+            return None
+        hit = self.state.cached_detection(key)
+        if hit is not None:
+            self._show_preview(layer, data, *hit)
             return None
         if self._preview_job is not None:
             self._preview_pending = True
             return None
-        exo = self._source(self.exosome_combo.currentText())
-        if exo is None:
-            self._say("pick the exosome channel to preview puncta", error=True)
-            return None
-        try:
-            spots_cfg = self.current_config().spots
-        except ValueError as exc:
-            self._say(str(exc), error=True)
-            return None
-        layer = self.viewer.layers[exo.layer_name]
-        data = self._source_array(exo)
-        if data.ndim == 3:  # the plane shown
-            z = int(self.viewer.dims.current_step[-3]) if self.viewer.dims.ndim >= 3 else 0
-            data = data[min(max(z, 0), data.shape[0] - 1)]
-        sl = self.visible_region(layer)
-        r = 1.8 if spots_cfg.radius_px == "auto" else spots_cfg.radius_px
-        margin = int(np.ceil(8 * r))
-        sl = tuple(
-            slice(max(s.start - margin, 0), min(s.stop + margin, n))
-            for s, n in zip(sl, data.shape, strict=True)
-        )
-        crop = np.asarray(data[sl], dtype=np.float32)
-        offset = tuple(s.start for s in sl)
-        geo = {"scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:])}
 
-        def done(df: Any) -> None:
-            self._put_layer(
-                points_layer_data(
-                    df,
-                    name="puncta preview",
-                    ndim=2,
-                    radius_px=float(df.attrs.get("radius_px", r)),
-                    metadata={META_KEY: {"kind": "preview", "image_layer": layer.name}},
-                    **geo,
-                )
-            )
-            self.viewer.layers.selection.active = layer
-            self.status.setText(f"preview: {len(df)} puncta in view{detector_note(df.attrs)}")
+        def done(out: tuple[Any, dict]) -> None:
+            self.state.store_detection(key, *out)
+            self._show_preview(layer, data, *out)
 
         def finished() -> None:
             self._preview_job = None
@@ -1400,16 +1848,44 @@ class ExoUptakeWidget(QWidget):
                 self._preview_pending = False
                 self._schedule_preview()
 
+        self._say("detecting EV puncta on the whole image (once per image and settings)…")
         self._preview_job = start_job(
-            _job_preview,
-            crop,
-            spots_cfg,
-            offset,
+            _job_detect,
+            data,
+            key_spots(key),
             on_returned=done,
             on_errored=lambda e: self._say(f"preview: {e}", error=True),
             on_finished=finished,
         )
         return self._preview_job
+
+    def _show_preview(self, layer: Any, data: Any, df: Any, info: dict) -> None:
+        region = self.visible_region(layer)
+        keep = puncta_in_region(df, region, self._current_z(data))
+        sub = df.loc[keep]
+        geo = {"scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:])}
+        self._put_layer(
+            points_layer_data(
+                sub,
+                name="puncta preview",
+                ndim=2,
+                radius_px=float(df.attrs.get("radius_px", 1.8)),
+                metadata={META_KEY: {"kind": "preview", "image_layer": layer.name}},
+                **geo,
+            )
+        )
+        active = self._cells_layer if self._cells_layer in self.viewer.layers else layer
+        self.viewer.layers.selection.active = active
+        self.preview_counts = (int(keep.sum()), len(df))
+        self._detection_info = info
+        if self._result is not None and not self.state.stale and self._result_status:
+            # a fresh measurement's line stays; the preview adds its count in view
+            self._say(f"{self._result_status} · {int(keep.sum())} EV puncta in view")
+            return
+        self._say(
+            f"preview: {int(keep.sum())} EV puncta in view, {len(df)} in the whole image"
+            f"{detector_note(df.attrs, info)}"
+        )
 
     # --------------------------------------------------------------------------- teardown --
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API

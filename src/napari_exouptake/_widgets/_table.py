@@ -54,12 +54,22 @@ class CellTable(QTableWidget):
         self.setSortingEnabled(True)
         self.verticalHeader().setVisible(False)
         self._ids = np.zeros(0, dtype=np.int64)
+        self._columns: list[str] = []
         self._silent = False
         self.itemSelectionChanged.connect(self._on_selection)
 
     # -- content -----------------------------------------------------------------------------
-    def set_table(self, df: pd.DataFrame | None) -> None:
-        """Show ``df`` (must have ``cell_id``); None clears the table."""
+    def set_table(
+        self,
+        df: pd.DataFrame | None,
+        order: list[str] | None = None,
+        names: dict[str, str] | None = None,
+    ) -> None:
+        """Show ``df`` (must have ``cell_id``); None clears the table.
+
+        ``order``: columns shown first (``cell_id`` must lead); ``names``: header text per
+        column (the column name stays the header's tooltip and key).
+        """
         self._silent = True
         try:
             self.setSortingEnabled(False)
@@ -68,11 +78,18 @@ class CellTable(QTableWidget):
                 self.setRowCount(0)
                 self.setColumnCount(0)
                 self._ids = np.zeros(0, dtype=np.int64)
+                self._columns = []
                 return
             cols = [c for c in df.columns if c not in ("index", "image", "condition")]
+            first = [c for c in (order or ["cell_id"]) if c in cols]
+            cols = first + [c for c in cols if c not in first]
             self.setColumnCount(len(cols))
             self.setRowCount(len(df))
-            self.setHorizontalHeaderLabels(cols)
+            self._columns = cols
+            for c, col in enumerate(cols):
+                head = QTableWidgetItem((names or {}).get(col, col))
+                head.setToolTip(col)
+                self.setHorizontalHeaderItem(c, head)
             self._ids = df["cell_id"].to_numpy(dtype=np.int64)
             values = df[cols].to_numpy(dtype=object)
             for r in range(values.shape[0]):
@@ -89,10 +106,9 @@ class CellTable(QTableWidget):
 
     def update_column(self, column: str, values: np.ndarray) -> None:
         """Refresh one column (e.g. ``exo_positive`` after a new threshold), rows by cell_id."""
-        headers = [self.horizontalHeaderItem(c).text() for c in range(self.columnCount())]
-        if column not in headers:
+        if column not in self._columns:
             return
-        col = headers.index(column)
+        col = self._columns.index(column)
         by_id = dict(zip(self._ids.tolist(), np.asarray(values).tolist(), strict=True))
         self.setSortingEnabled(False)
         for r in range(self.rowCount()):
