@@ -738,7 +738,6 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
 
     if not _demo_model_available():
         pytest.skip("bundled demo models not available")
-    import torch  # noqa: F401  - imported here, not first in a worker thread (see below)
 
     viewer = make_napari_viewer()
     opened = _open(kind, viewer)

@@ -1203,8 +1203,36 @@ class ExoUptakeWidget(QWidget):
             return None
         return image, layer, cfg
 
+    def _load_torch(self) -> bool:
+        """Import torch and Cellpose on the Qt thread, once, before a worker needs them:
+        imported from a worker thread, torch has hung on its import lock (seen on the real
+        Cell Painting crop). The viewer pauses for the few seconds of this first import."""
+        import sys
+
+        if "torch" in sys.modules and "cellpose" in sys.modules:
+            return True
+        self._say("loading torch and Cellpose (first use: a few seconds)…")
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        try:
+            import cellpose  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as exc:
+            self._say(
+                f"segmentation needs Cellpose and torch ({exc}): "
+                "pip install 'napari-exouptake[cellpose]'",
+                error=True,
+            )
+            return False
+        return True
+
     def _check_device(self, spec: str) -> None:
-        """Show which device ``spec`` resolves to (torch is imported in a worker)."""
+        """Show which device ``spec`` resolves to (torch imported here first, see
+        :meth:`_load_torch`; the check itself runs in a worker)."""
+        if not self._load_torch():
+            self.device_label.setText("unavailable: Cellpose is not installed")
+            return
         self.device_label.setText("…")
 
         def finished() -> None:
@@ -1237,6 +1265,8 @@ class ExoUptakeWidget(QWidget):
             else:
                 self._say("no objects found: the diameter could not be estimated", error=True)
 
+        if not self._load_torch():
+            return None
         return self._start("estimating diameter", _job_estimate, image, cfg, on_done=done)
 
     def run_segmentation(self) -> Job | None:
@@ -1291,6 +1321,8 @@ class ExoUptakeWidget(QWidget):
                 note = f"; no pixel size: grown {cfg.segmentation.expand_um:g} px from nuclei"
             self._say(f"{seg.n_cells} cells, model {seg.model_id} on {seg.device}{note}")
 
+        if not self._load_torch():
+            return None
         job = self._start("segmenting", _job_segment, image, cfg, on_done=done)
         if job is not None:
             self.progress.setRange(0, 0)  # busy while the model loads, before the first tile
