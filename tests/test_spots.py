@@ -429,3 +429,23 @@ def test_simulated_normal_targets():
 def test_simulated_hard_targets():
     f1, r, _ = _sim_scores("hard")
     assert f1 >= 0.85 and r >= 0.90
+
+
+def test_a_saturated_blob_does_not_set_the_threshold():
+    """A clipped blob (a plateau at the camera's maximum) takes no part in setting the
+    automatic threshold: the puncta found and the threshold are those of the image without
+    it (within 10 %)."""
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(10, 246, (60, 2))
+    base = gaussians((256, 256), centres, rng.uniform(150, 300, 60), background=200)
+    yy, xx = np.mgrid[:256, :256]
+    blob = np.hypot(yy - 128, xx - 128) < 14
+    clean = rng.poisson(base).astype(float)
+    sat = clean.copy()
+    sat[blob] += 20000
+    sat = np.minimum(sat, 4095)  # a 12-bit camera clips the blob
+    keep = np.hypot(centres[:, 0] - 128, centres[:, 1] - 128) > 25
+    a, b = detect_spots(clean), detect_spots(sat)
+    assert b.attrs["n_saturated"] == int(blob.sum()) and a.attrs["n_saturated"] == 0
+    assert b.attrs["threshold"] == pytest.approx(a.attrs["threshold"], rel=0.1)
+    assert match_spots(b, centres[keep], 2.0).recall >= 0.95

@@ -42,6 +42,8 @@ SPOT_COLUMNS = (
 #: log-brightness are not counted (see _in_population)
 _OUTLIER_Z = 3.0
 _MAD_TO_SIGMA = 1.4826
+#: a plateau of this many pixels at the image's maximum is clipping (saturation)
+_MIN_CLIPPED = 4
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,9 @@ def detect_spots(
         local noise sigma), ``n_estimate`` (cluster-aware count, >= 1), ``detected`` (False for
         the extra rows of a decomposed aggregate) and ``cluster_id``. ``df.attrs``: ``threshold``
         (amplitude units), ``snr_threshold``, ``noise_sigma``, ``reference_intensity``,
-        ``radius_px`` (used), ``radius_auto``, ``n_spikes`` (hot pixels removed).
+        ``radius_px`` (used), ``radius_auto``, ``n_spikes`` (hot pixels removed),
+        ``n_saturated`` (clipped pixels: a plateau at the image's maximum; they and their
+        surroundings take no part in setting the automatic threshold).
 
     Raises
     ------
@@ -161,6 +165,7 @@ def detect_spots(
         if mask.shape != img.shape:
             raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
         mask = mask.astype(bool, copy=False)
+    n_saturated = _saturated(img).sum() if img.size else 0
     img, n_spikes = suppress_spikes(img)
     auto_r = isinstance(radius_px, str)
     if auto_r:
@@ -175,7 +180,7 @@ def detect_spots(
         bp.radius if min_distance_px is None else min_distance_px * bp.radius / bp.radius[-1], 1.0
     )
     if fixed is None:
-        sel = select_puncta(f, mask, min_dist, fdr, bp)
+        sel = select_puncta(f, mask, min_dist, fdr, bp, clipped=_near_saturated(img, bp))
         peaks, snr, thr, noise = sel.peaks, sel.snr, sel.threshold, sel.noise
         snr_thr = sel.snr_threshold
     else:
@@ -195,6 +200,7 @@ def detect_spots(
         "radius_px": float(bp.radius[-1]),
         "radius_auto": auto_r,
         "n_spikes": n_spikes,
+        "n_saturated": int(n_saturated),
     }
     border = max(int(exclude_border_px), 1)
     lat = peaks[:, -2:]
@@ -245,6 +251,29 @@ def _in_population(response: np.ndarray) -> np.ndarray:
     med = np.median(lg)
     spread = _MAD_TO_SIGMA * np.median(np.abs(lg - med))
     return lg >= med - _OUTLIER_Z * spread
+
+
+def _saturated(img: np.ndarray) -> np.ndarray:
+    """Clipped pixels: a plateau of at least ``_MIN_CLIPPED`` pixels at exactly the image's
+    maximum (a camera's or a 12/16-bit range's ceiling; an unclipped image's maximum is one
+    pixel or two). Empty when there is none."""
+    top = img.max()
+    at_top = img == top
+    if top <= img.min() or np.count_nonzero(at_top) < _MIN_CLIPPED:
+        return np.zeros(img.shape, dtype=bool)
+    return at_top
+
+
+def _near_saturated(img: np.ndarray, bp: BandPass) -> np.ndarray | None:
+    """Pixels within the band-pass's reach of a clipped pixel (None when there is none)."""
+    sat = _saturated(img)
+    if not sat.any():
+        return None
+    from scipy import ndimage
+
+    r = int(np.ceil(bp.reach))
+    size = [1] * (img.ndim - 2) + [2 * r + 1, 2 * r + 1]
+    return ndimage.maximum_filter(sat, size=size)
 
 
 def _reference(intensity: np.ndarray) -> float:

@@ -237,7 +237,12 @@ class Selection:
 
 
 def select_puncta(
-    f: np.ndarray, mask: np.ndarray | None, min_dist: np.ndarray, fdr: float, bp: BandPass
+    f: np.ndarray,
+    mask: np.ndarray | None,
+    min_dist: np.ndarray,
+    fdr: float,
+    bp: BandPass,
+    clipped: np.ndarray | None = None,
 ) -> Selection:
     """Maxima of the band-passed image ``f`` accepted by the automatic threshold.
 
@@ -247,8 +252,15 @@ def select_puncta(
        10 px Gaussian window, away from them).
     3. The decoy-FDR threshold on the local SNR ``f / sigma_local``, at least the Rose
        criterion.
+
+    ``clipped`` (bool, ``f``'s shape): pixels near saturated ones. They take no part in what
+    sets the threshold (noise, maxima and decoys counted), so a saturated blob cannot raise
+    it; maxima there are still tested against it.
     """
-    noise = noise_sigma(f, mask)
+    stat = mask
+    if clipped is not None and clipped.any():
+        stat = ~clipped if mask is None else mask & ~clipped
+    noise = noise_sigma(f, stat)
     empty = np.empty((0, f.ndim), dtype=np.intp)
     if noise <= 0:
         return Selection(empty, np.zeros(0), np.zeros(0), np.inf, np.inf, noise)
@@ -260,10 +272,21 @@ def select_puncta(
         minima = minima[mask[tuple(minima.T)]] if len(minima) else minima
     maxima = maxima[blob_like(f, maxima, 1.0)]
     minima = minima[blob_like(f, minima, -1.0)]
+    if stat is not mask:  # the threshold is set away from saturated pixels
+        free_max, free_min = stat[tuple(maxima.T)], stat[tuple(minima.T)]
+    else:
+        free_max, free_min = np.ones(len(maxima), bool), np.ones(len(minima), bool)
     vmax = f[tuple(maxima.T)].astype(np.float64)
     vmin = -f[tuple(minima.T)].astype(np.float64)
     t1, _, _ = decoy_threshold(
-        maxima, vmax / noise, minima, vmin / noise, fdr, _FIRST_PASS_FLOOR, bp.response, bp.reach
+        maxima[free_max],
+        vmax[free_max] / noise,
+        minima[free_min],
+        vmin[free_min] / noise,
+        fdr,
+        _FIRST_PASS_FLOOR,
+        bp.response,
+        bp.reach,
     )
     # local noise: what the band-pass shows once the first-pass puncta (and their filter rings)
     # are subtracted, left out within one radius of them (the model is not exact there)
@@ -275,7 +298,14 @@ def select_puncta(
     nmax = nmap[tuple(maxima.T)].astype(np.float64)
     smax, smin = vmax / nmax, vmin / nmap[tuple(minima.T)]
     t_snr, n_max, n_min = decoy_threshold(
-        maxima, smax, minima, smin, fdr, _ROSE_K, bp.response, bp.reach
+        maxima[free_max],
+        smax[free_max],
+        minima[free_min],
+        smin[free_min],
+        fdr,
+        _ROSE_K,
+        bp.response,
+        bp.reach,
     )
     pick = smax > t_snr
     peaks, snr_p, noise_p = maxima[pick], smax[pick], nmax[pick]
