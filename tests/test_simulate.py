@@ -299,14 +299,6 @@ def test_main_simulate_summary(tmp_path):
     assert len(list((tmp_path / "cli" / "images").glob("*.ome.tif"))) == 2
 
 
-def test_speed_512():
-    import time
-
-    t0 = time.perf_counter()
-    simulate_image(0, condition="ev_high", shape=(512, 512))
-    assert time.perf_counter() - t0 < 6.0  # ~1 s on one core; generous for shared CI
-
-
 def test_bundled_sample_data_and_hook():
     from napari_exouptake._sample_data import SAMPLE_DIR, make_sample_data
 

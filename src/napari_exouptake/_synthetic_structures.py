@@ -106,25 +106,34 @@ def _draw_segments(
     -------
     (Y, X) bool ndarray
     """
-    yy, xx = np.indices(shape, dtype=np.float64)
     dist = np.full(shape, np.inf)
     for a, b in zip(np.asarray(p0, float), np.asarray(p1, float), strict=True):
-        # distance from every pixel to the segment, restricted to its bounding box
-        r = width_px / 2 + 2
-        y0 = max(int(np.floor(min(a[0], b[0]) - r)), 0)
-        y1 = min(int(np.ceil(max(a[0], b[0]) + r)) + 1, shape[0])
-        x0 = max(int(np.floor(min(a[1], b[1]) - r)), 0)
-        x1 = min(int(np.ceil(max(a[1], b[1]) + r)) + 1, shape[1])
-        if y1 <= y0 or x1 <= x0:
-            continue
-        py = yy[y0:y1, x0:x1] - a[0]
-        px = xx[y0:y1, x0:x1] - a[1]
-        d = b - a
-        dd = float(d @ d)
-        t = np.clip((py * d[0] + px * d[1]) / dd, 0, 1) if dd > 0 else np.zeros_like(py)
-        dseg = np.hypot(py - t * d[0], px - t * d[1])
-        np.minimum(dist[y0:y1, x0:x1], dseg, out=dist[y0:y1, x0:x1])
+        near = _segment_distance(shape, a, b, width_px / 2 + 2)
+        if near is not None:
+            box, dseg, _ = near
+            np.minimum(dist[box], dseg, out=dist[box])
     return dist <= width_px / 2
+
+
+def _segment_distance(
+    shape: tuple[int, int], a: np.ndarray, b: np.ndarray, r: float
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    """Distance of the pixels of the segment ``a``-``b``'s bounding box (grown by ``r``) to the
+    segment, and each pixel's position along it (0 at ``a``, 1 at ``b``); None when the box
+    lies outside the image."""
+    y0 = max(int(np.floor(min(a[0], b[0]) - r)), 0)
+    y1 = min(int(np.ceil(max(a[0], b[0]) + r)) + 1, shape[0])
+    x0 = max(int(np.floor(min(a[1], b[1]) - r)), 0)
+    x1 = min(int(np.ceil(max(a[1], b[1]) + r)) + 1, shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return None
+    py, px = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    py -= a[0]
+    px -= a[1]
+    d = b - a
+    dd = float(d @ d)
+    t = np.clip((py * d[0] + px * d[1]) / dd, 0, 1) if dd > 0 else np.zeros_like(py)
+    return (slice(y0, y1), slice(x0, x1)), np.hypot(py - t * d[0], px - t * d[1]), t
 
 
 def _degrade(
@@ -375,22 +384,12 @@ def _draw_graded_segments(
     """Max-composite of thick segments whose brightness runs linearly from ``a0`` to ``a1``."""
     out = np.zeros(shape)
     for a, b, w, v0, v1 in zip(p0, p1, widths, a0, a1, strict=True):  # loop over edges
-        r = w / 2 + 2
-        y0 = max(int(np.floor(min(a[0], b[0]) - r)), 0)
-        y1 = min(int(np.ceil(max(a[0], b[0]) + r)) + 1, shape[0])
-        x0 = max(int(np.floor(min(a[1], b[1]) - r)), 0)
-        x1 = min(int(np.ceil(max(a[1], b[1]) + r)) + 1, shape[1])
-        if y1 <= y0 or x1 <= x0:
+        near = _segment_distance(shape, np.asarray(a, float), np.asarray(b, float), w / 2 + 2)
+        if near is None:
             continue
-        py, px = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        py -= a[0]
-        px -= a[1]
-        d = b - a
-        dd = float(d @ d)
-        t = np.clip((py * d[0] + px * d[1]) / dd, 0, 1) if dd > 0 else np.zeros_like(py)
-        inside = np.hypot(py - t * d[0], px - t * d[1]) <= w / 2
-        val = np.where(inside, v0 + (v1 - v0) * t, 0.0)
-        np.maximum(out[y0:y1, x0:x1], val, out=out[y0:y1, x0:x1])
+        box, dseg, t = near
+        val = np.where(dseg <= w / 2, v0 + (v1 - v0) * t, 0.0)
+        np.maximum(out[box], val, out=out[box])
     return out
 
 
