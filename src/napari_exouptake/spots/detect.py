@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from ._geometry import check_image, ellipse_offsets
-from .decompose import count_estimate, log_spread, reference_intensity
+from .decompose import count_estimate, log_spread
+from .decompose import reference_intensity as typical_intensity
 from .filters import BandPass, band_pass
 from .localize import disc_intensity, lateral_sigma, ring_background, subpixel
-from .noise import suppress_spikes
+from .noise import noise_sigma, suppress_spikes
 from .threshold import local_extrema, select_puncta
 
 if TYPE_CHECKING:
@@ -160,6 +161,10 @@ def detect_spots(
     """
     img = check_image(image)
     fixed = _check_options(threshold, fdr, exclude_border_px)
+    if reference_intensity is not None:
+        reference_intensity = float(reference_intensity)
+        if not np.isfinite(reference_intensity) or reference_intensity <= 0:
+            raise ValueError(f"reference_intensity must be > 0, got {reference_intensity}")
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != img.shape:
@@ -187,8 +192,6 @@ def detect_spots(
         peaks = local_extrema(f, min_dist, fixed)
         if mask is not None and len(peaks):
             peaks = peaks[mask[tuple(peaks.T)]]
-        from .noise import noise_sigma
-
         noise = noise_sigma(f, mask)
         snr = f[tuple(peaks.T)] / noise if noise > 0 else np.full(len(peaks), np.inf)
         thr, snr_thr = fixed, np.nan
@@ -218,10 +221,7 @@ def detect_spots(
         pun = pun.take(_in_population(pun.response))
     pun = _localise(pun, img, f, smooth, bp)
     del f
-    ref = reference_intensity if reference_intensity is not None else None
-    if ref is not None and (not np.isfinite(ref) or ref <= 0):
-        raise ValueError(f"reference_intensity must be > 0, got {reference_intensity}")
-    ref = float(ref) if ref is not None else _reference(pun.intensity)
+    ref = typical_intensity(pun.intensity) if reference_intensity is None else reference_intensity
     attrs["reference_intensity"] = ref
     table = _table(pun, img, smooth, bp, ref, cluster_estimate)
     df = pd.DataFrame(table)
@@ -274,10 +274,6 @@ def _near_saturated(img: np.ndarray, bp: BandPass) -> np.ndarray | None:
     r = int(np.ceil(bp.reach))
     size = [1] * (img.ndim - 2) + [2 * r + 1, 2 * r + 1]
     return ndimage.maximum_filter(sat, size=size)
-
-
-def _reference(intensity: np.ndarray) -> float:
-    return reference_intensity(intensity)
 
 
 def _localise(

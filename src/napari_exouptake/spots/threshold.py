@@ -230,7 +230,6 @@ class Selection:
 
     peaks: np.ndarray  #: accepted maxima (N, ndim) int
     snr: np.ndarray  #: their local signal-to-noise ratio (N,)
-    noise_at: np.ndarray  #: local noise sigma of the band-pass at each (N,)
     threshold: float  #: in amplitude units (SNR threshold x median local noise)
     snr_threshold: float  #: on the local SNR
     noise: float  #: global robust noise sigma of the band-passed image
@@ -263,7 +262,7 @@ def select_puncta(
     noise = noise_sigma(f, stat)
     empty = np.empty((0, f.ndim), dtype=np.intp)
     if noise <= 0:
-        return Selection(empty, np.zeros(0), np.zeros(0), np.inf, np.inf, noise)
+        return Selection(empty, np.zeros(0), np.inf, np.inf, noise)
     floor = _FIRST_PASS_FLOOR * noise
     maxima = local_extrema(f, min_dist, floor)
     minima = local_extrema(f, min_dist, floor, minima=True)
@@ -308,7 +307,7 @@ def select_puncta(
         bp.reach,
     )
     pick = smax > t_snr
-    peaks, snr_p, noise_p = maxima[pick], smax[pick], nmax[pick]
+    peaks, snr_p = maxima[pick], smax[pick]
     logger.debug(
         "decoy-FDR threshold: SNR %.3g, %d of %d maxima kept (%d decoy minima)",
         t_snr,
@@ -316,5 +315,5 @@ def select_puncta(
         n_max,
         n_min,
     )
-    thr = float(t_snr * np.median(noise_p)) if len(peaks) else float(t_snr * noise)
-    return Selection(peaks, snr_p, noise_p, thr, float(t_snr), noise)
+    thr = float(t_snr * np.median(nmax[pick])) if len(peaks) else float(t_snr * noise)
+    return Selection(peaks, snr_p, thr, float(t_snr), noise)
