@@ -61,46 +61,16 @@ def _config_yaml(
 
 
 def _write_image(path: Path, data: np.ndarray, channel_names, pixel_size_um: float) -> None:
-    try:
-        from .io import write_ome_tiff
-    except ImportError:
-        write_ome_tiff = None
-    z_step = _Z_STEP_UM if data.ndim == 4 else None
-    if write_ome_tiff is not None:
-        write_ome_tiff(path, data, channel_names, pixel_size_um, z_step_um=z_step)
-        return
-    import tifffile
+    from ..io import write_ome_tiff
 
-    axes = "CYX" if data.ndim == 3 else "CZYX"
-    tifffile.imwrite(
-        path,
-        data,
-        ome=True,
-        photometric="minisblack",
-        compression="zlib",
-        metadata={
-            "axes": axes,
-            "Channel": {"Name": list(channel_names)},
-            "PhysicalSizeX": pixel_size_um,
-            "PhysicalSizeY": pixel_size_um,
-            "PhysicalSizeXUnit": "µm",
-            "PhysicalSizeYUnit": "µm",
-            **({"PhysicalSizeZ": z_step, "PhysicalSizeZUnit": "µm"} if z_step else {}),
-        },
-    )
+    z_step = _Z_STEP_UM if data.ndim == 4 else None
+    write_ome_tiff(path, data, channel_names, pixel_size_um, z_step_um=z_step)
 
 
 def _write_labels(path: Path, labels: np.ndarray) -> None:
-    try:
-        from .io import write_labels
-    except ImportError:
-        write_labels = None
-    if write_labels is not None:
-        write_labels(path, labels)
-        return
-    import tifffile
+    from ..io import write_labels
 
-    tifffile.imwrite(path, labels, compression="zlib", photometric="minisblack")
+    write_labels(path, labels)
 
 
 def write_dataset(
