@@ -114,6 +114,62 @@ class _Worker:
     task: _Task | None = None
 
 
+class _Pool:
+    """Local worker processes (see :func:`_worker_main`) and the task each one holds."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.workers: list[_Worker] = []
+
+    def start(self) -> _Worker:
+        parent_conn, child_conn = self.ctx.Pipe()
+        proc = self.ctx.Process(
+            target=_worker_main, args=(child_conn, os.getpid()), name="exouptake-worker"
+        )
+        proc.start()
+        child_conn.close()
+        w = _Worker(proc, parent_conn)
+        self.workers.append(w)
+        return w
+
+    def retire(self, w: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            w.conn.close()
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(5)
+        self.workers.remove(w)
+
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is not None]
+
+    def hand_out(self, pending: Any) -> None:
+        """Give each idle worker the next pending task."""
+        for w in [w for w in self.workers if w.task is None]:
+            if not pending:
+                break
+            task = pending.popleft()
+            try:
+                w.conn.send(task)
+                w.task = task
+            except (OSError, EOFError):  # died while idle: not this image's fault
+                pending.appendleft(task)
+                self.retire(w)
+                self.start()
+
+    def close(self) -> None:
+        """Stop every worker: idle ones are asked to end, busy ones are killed."""
+        for w in list(self.workers):
+            if w.task is None:
+                with contextlib.suppress(Exception):
+                    w.conn.send(None)
+        deadline = time.monotonic() + 5
+        for w in list(self.workers):
+            if w.task is None:
+                w.proc.join(max(deadline - time.monotonic(), 0))
+            self.retire(w)
+
+
 def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[str, Any]]:
     """Local worker processes, one image at a time each.
 
@@ -125,48 +181,17 @@ def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[st
     from collections import deque
     from multiprocessing.connection import wait
 
-    ctx = _mp_context()
+    pool = _Pool(_mp_context())
     n = min(workers, len(tasks))
     log.info("running %d image(s) on %d local worker processes", len(tasks), n)
     pending = deque(tasks)
     deaths: dict[str, int] = {}
-    pool: list[_Worker] = []
-
-    def start() -> _Worker:
-        parent_conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(
-            target=_worker_main, args=(child_conn, os.getpid()), name="exouptake-worker"
-        )
-        proc.start()
-        child_conn.close()
-        w = _Worker(proc, parent_conn)
-        pool.append(w)
-        return w
-
-    def retire(w: _Worker) -> None:
-        with contextlib.suppress(Exception):
-            w.conn.close()
-        if w.proc.is_alive():
-            w.proc.kill()
-        w.proc.join(5)
-        pool.remove(w)
-
     try:
         for _ in range(n):
-            start()
-        while pending or any(w.task is not None for w in pool):
-            for w in [w for w in pool if w.task is None]:
-                if not pending:
-                    break
-                task = pending.popleft()
-                try:
-                    w.conn.send(task)
-                    w.task = task
-                except (OSError, EOFError):  # died while idle: not this image's fault
-                    pending.appendleft(task)
-                    retire(w)
-                    start()
-            busy = [w for w in pool if w.task is not None]
+            pool.start()
+        while pending or pool.busy():
+            pool.hand_out(pending)
+            busy = pool.busy()
             ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
             for w in busy:
                 if w.conn not in ready and w.proc.sentinel not in ready:
@@ -182,7 +207,7 @@ def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[st
                 # no outcome: the process died while holding this image
                 w.proc.join(5)
                 why = _death(w.proc.exitcode)
-                retire(w)
+                pool.retire(w)
                 deaths[task.name] = deaths.get(task.name, 0) + 1
                 if deaths[task.name] == 1:
                     log.warning(
@@ -200,17 +225,9 @@ def _execute_processes(tasks: Sequence[_Task], workers: int) -> Iterator[dict[st
                         "too large for the memory? see --max-pixels",
                     )
                 if pending:
-                    start()
+                    pool.start()
     finally:  # normal end, cancel, Ctrl-C or SIGTERM: stop every worker
-        for w in list(pool):
-            if w.task is None:
-                with contextlib.suppress(Exception):
-                    w.conn.send(None)
-        deadline = time.monotonic() + 5
-        for w in list(pool):
-            if w.task is None:
-                w.proc.join(max(deadline - time.monotonic(), 0))
-            retire(w)
+        pool.close()
 
 
 def _crashed(task: _Task, msg: str) -> dict[str, Any]:

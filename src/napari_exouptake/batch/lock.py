@@ -95,45 +95,11 @@ def run_lock(out: str | Path, command: str = "analyze") -> Iterator[None]:
     owned = False
     old_term = None
     try:
-        flocked = False
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            flocked = True
-        except BlockingIOError:
-            holder = _read_lock_fd(fd)
-            raise RunLockedError(
-                f"--out {str(out)!r} is in use by another run ({_describe_holder(holder)}); "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        except (ImportError, OSError):  # no flock here (Windows, some network file systems)
-            pass
-        prev = _read_lock_fd(fd)
-        host = platform.node()
-        if prev and not prev.get("released"):
-            same_host = prev.get("host") == host
-            pid = prev.get("pid")
-            if same_host and isinstance(pid, int) and pid != os.getpid():
-                if _pid_alive(pid, prev.get("proc_start")) and not flocked:
-                    raise RunLockedError(
-                        f"--out {str(out)!r} is in use by another run ({_describe_holder(prev)}); "
-                        "wait for it to finish, or choose another --out"
-                    )
-            elif not same_host and not flocked:
-                raise RunLockedError(
-                    f"--out {str(out)!r} is locked by a run on another host "
-                    f"({_describe_holder(prev)}); if that run is over, delete {path} and rerun"
-                )
-            log.warning(
-                "%s: taking over the run lock left by a run that ended without releasing it (%s)",
-                out,
-                _describe_holder(prev),
-            )
+        _take(fd, out, path)
         rec = {
             "command": command,
             "pid": os.getpid(),
-            "host": host,
+            "host": platform.node(),
             "proc_start": _proc_start(os.getpid()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "released": False,
@@ -152,6 +118,46 @@ def run_lock(out: str | Path, command: str = "analyze") -> Iterator[None]:
             with contextlib.suppress(OSError):
                 _write_lock_fd(fd, {**rec, "released": True})
         os.close(fd)  # releases the flock
+
+
+def _take(fd: int, out: Path, path: Path) -> None:
+    """Take the lock file ``fd``: its flock, and over a holder that no longer runs; refuse
+    (:class:`RunLockedError`) a live holder or one on another host."""
+    flocked = False
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flocked = True
+    except BlockingIOError:
+        holder = _read_lock_fd(fd)
+        raise RunLockedError(
+            f"--out {str(out)!r} is in use by another run ({_describe_holder(holder)}); "
+            "wait for it to finish, or choose another --out"
+        ) from None
+    except (ImportError, OSError):  # no flock here (Windows, some network file systems)
+        pass
+    prev = _read_lock_fd(fd)
+    if not prev or prev.get("released"):
+        return
+    same_host = prev.get("host") == platform.node()
+    pid = prev.get("pid")
+    if same_host and isinstance(pid, int) and pid != os.getpid():
+        if _pid_alive(pid, prev.get("proc_start")) and not flocked:
+            raise RunLockedError(
+                f"--out {str(out)!r} is in use by another run ({_describe_holder(prev)}); "
+                "wait for it to finish, or choose another --out"
+            )
+    elif not same_host and not flocked:
+        raise RunLockedError(
+            f"--out {str(out)!r} is locked by a run on another host "
+            f"({_describe_holder(prev)}); if that run is over, delete {path} and rerun"
+        )
+    log.warning(
+        "%s: taking over the run lock left by a run that ended without releasing it (%s)",
+        out,
+        _describe_holder(prev),
+    )
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

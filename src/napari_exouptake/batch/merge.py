@@ -114,8 +114,48 @@ def _merge_into(
     keys: Mapping[str, dict] | None = None,
 ) -> dict[str, Path]:
     """Write the merged tables of ``out``'s parts into the unpublished folder ``gen``."""
+    from .._columns import write_columns_doc
     from ..io import write_table
-    from ..pipeline import AnalysisResult, condition_for, finalize, images_table, run_info
+    from ..pipeline import finalize, json_default, run_info
+
+    results, meta_of, files_of = _load_parts(out, names, config, sample_sheet, keys)
+    if not results:
+        log.error("no finished image to merge in %s", out)
+        return {}
+    dupes = pd.Series([r.image for r in results]).duplicated()
+    if dupes.any():
+        log.warning(
+            "image names repeat across inputs (%s); rename the files",
+            results[int(np.flatnonzero(dupes.to_numpy())[0])].image,
+        )
+    results = finalize(results, config)
+    cells, spots, images = _tables(results, meta_of, sample_sheet)
+
+    paths: dict[str, Path] = {}
+    paths["cells"] = write_table(cells, gen / "cells")[0]
+    paths["spots"] = write_table(spots, gen / "spots")[0]
+    paths["images"] = write_table(images, gen / "images")[0]
+    paths["columns"] = write_columns_doc(gen, {"cells": cells, "spots": spots, "images": images})
+    _place_images(gen, out, results, files_of)
+    _write_merged_qc(gen, results, files_of)
+    run = run_info(config, results)
+    if extra_run_info:
+        run.update(extra_run_info)
+    (gen / "run.json").write_text(json.dumps(run, indent=2, default=json_default), encoding="utf-8")
+    paths["run"] = gen / "run.json"
+    return paths
+
+
+def _load_parts(
+    out: Path,
+    names: Sequence[str],
+    config: AssayConfig,
+    sample_sheet: pd.DataFrame | None,
+    keys: Mapping[str, dict] | None,
+) -> tuple[list[Any], dict[str, dict[str, Any]], dict[str, Path]]:
+    """Every unit of the finished parts of ``names`` as an AnalysisResult (sorted by image),
+    with its run metadata (sample-sheet row, source file, series, t, z) and its part folder."""
+    from ..pipeline import AnalysisResult, condition_for
 
     want_hash = analysis_hash(config)
     results: list[AnalysisResult] = []
@@ -162,16 +202,17 @@ def _merge_into(
                 )
             )
     results.sort(key=lambda r: r.image)
-    if not results:
-        log.error("no finished image to merge in %s", out)
-        return {}
-    dupes = pd.Series([r.image for r in results]).duplicated()
-    if dupes.any():
-        log.warning(
-            "image names repeat across inputs (%s); rename the files",
-            results[int(np.flatnonzero(dupes.to_numpy())[0])].image,
-        )
-    results = finalize(results, config)
+    return results, meta_of, files_of
+
+
+def _tables(
+    results: Sequence[Any],
+    meta_of: dict[str, dict[str, Any]],
+    sample_sheet: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The run's cells, spots and images tables, with the sample-sheet columns and (where the
+    run has stacks) ``source_image``, ``series``, ``t`` and ``z`` columns."""
+    from ..pipeline import images_table
 
     # which stack columns this run needs (all images get them, with 0 where not split)
     metas = [meta_of[r.image] for r in results]
@@ -222,17 +263,14 @@ def _merge_into(
         )
         for i, r in enumerate(results)
     ]
-    images = pd.concat(image_rows, ignore_index=True)
+    return cells, spots, pd.concat(image_rows, ignore_index=True)
 
-    paths: dict[str, Path] = {}
-    paths["cells"] = write_table(cells, gen / "cells")[0]
-    paths["spots"] = write_table(spots, gen / "spots")[0]
-    paths["images"] = write_table(images, gen / "images")[0]
-    from .._columns import write_columns_doc
 
-    paths["columns"] = write_columns_doc(gen, {"cells": cells, "spots": spots, "images": images})
+def _place_images(gen: Path, out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
+    """Label images and the image-level readouts' QC pictures of this run's images (only
+    these: labels of removed inputs do not linger) into the generation ``gen``."""
     prev = _current_generation(out)
-    for r in results:  # only this run's images: labels of removed inputs do not linger
+    for r in results:
         pdir = files_of[r.image]
         for sub, name in (
             ("labels", f"{r.image}_cells.tif"),
@@ -247,15 +285,6 @@ def _merge_into(
             if src.is_file():
                 name = src.name
                 _place(src, gen / "qc" / name, prev / "qc" / name if prev else None)
-    _write_merged_qc(gen, results, files_of)
-    run = run_info(config, results)
-    if extra_run_info:
-        run.update(extra_run_info)
-    from ..pipeline import json_default
-
-    (gen / "run.json").write_text(json.dumps(run, indent=2, default=json_default), encoding="utf-8")
-    paths["run"] = gen / "run.json"
-    return paths
 
 
 def _check_part_key(
