@@ -53,9 +53,7 @@ def sim(tmp_path_factory) -> Path:
 def reference(sim, tmp_path_factory) -> Path:
     """An uninterrupted serial run over ``sim``."""
     out = tmp_path_factory.mktemp("ref")
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels"
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and len(res.done) == 6
     return out
 
@@ -148,9 +146,7 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
 def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels"
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.done == [] and len(res.skipped) == 6
     assert_same_tables(reference, out)
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
@@ -226,9 +222,7 @@ def test_bool_image_fails_with_a_clear_message(sim, tmp_path):
     mask = np.zeros((3, 64, 64), bool)
     mask[:, 10:30, 10:30] = True
     tifffile.imwrite(images / "mask.tif", mask)
-    res = analyze_batch(
-        images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels"
-    )
+    res = analyze_batch(images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels")
     assert "a true/false (binary mask) image, not an intensity image" in res.failed["mask"]
 
 
@@ -236,9 +230,7 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(sim / "labels", labels)
     (labels / "untreated_000_cells.tif").unlink()
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels)
     assert list(res.failed) == ["untreated_000"]
     assert res.failed["untreated_000"].endswith(
         f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif)"
@@ -299,9 +291,7 @@ def test_t_and_z_stack_per_plane(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", labels)  # 2-D: used on every plane
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels"
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == [f"tz_t{t:03d}_z{z:03d}" for t in range(2) for z in range(3)]
@@ -326,9 +316,7 @@ def test_t_and_z_stack_as_volumes(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", np.stack([labels] * 3))  # (Z, Y, X)
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels"
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["tz_t000", "tz_t001"]
@@ -357,9 +345,7 @@ def test_multi_series_ome(sim, tmp_path):
             )
     shutil.copy(sim / "labels" / "ev_high_002_cells.tif", tmp_path / "labels" / "plate_cells.tif")
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels"
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["plate_s00", "plate_s01"]
@@ -375,9 +361,7 @@ def test_multi_series_ome(sim, tmp_path):
 @pytest.mark.slow
 def test_executors_give_identical_tables(sim, reference, tmp_path):
     out = tmp_path / "proc"
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2)
     assert res.exit_code == 0 and len(res.done) == 6
     assert_same_tables(reference, out)
     pytest.importorskip("dask.distributed")
@@ -475,9 +459,7 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
     with pytest.raises(BatchUsageError, match="lies in the results of --out"):
         analyze_batch(sim / "images", sim / "config.yaml", out, labels=out / "labels")
     seg_files = sorted(p.name for p in (out / "labels").iterdir())
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels"
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and (out / "labels").is_symlink()
     kept = list(out.glob("labels.old-*"))
     assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == seg_files
@@ -528,9 +510,7 @@ def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_pat
     cells = pd.read_csv(out / "cells.csv")
     assert sorted(cells["image"].unique()) == sorted(res.done)
     # a rerun resumes: the two finished images are reused, the tables equal an uninterrupted run
-    res2 = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels"
-    )
+    res2 = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
     assert_same_tables(reference, out)
 
@@ -609,9 +589,7 @@ def test_lock_of_a_killed_run_is_taken_over(sim, tmp_path, caplog):
         holder.wait(timeout=30)
     assert json.loads((out / ".exouptake.lock").read_text())["released"] is False
     with caplog.at_level("WARNING", logger="napari_exouptake"):
-        res = analyze_batch(
-            sim / "images", sim / "config.yaml", out, labels=sim / "labels"
-        )
+        res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0
     assert "taking over the run lock" in caplog.text and f"pid {holder.pid}" in caplog.text
 
@@ -722,9 +700,7 @@ def test_dead_worker_fails_only_its_image_after_one_retry(sim, tmp_path, monkeyp
 
     monkeypatch.setattr(batch_executors, "_run_task", run_task)
     out = tmp_path / "out"
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2)
     assert list(res.failed) == ["ev_high_002"]
     assert "died twice while analysing" in res.failed["ev_high_002"]
     assert "ev_high_002.ome.tif" in res.failed["ev_high_002"]
@@ -899,9 +875,7 @@ def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, 
     res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and len(res.inputs) == 6
     # a second run elsewhere on the same folder does not read the first one's outputs
-    res = analyze_batch(
-        images, sim / "config.yaml", images / "results2", labels=sim / "labels"
-    )
+    res = analyze_batch(images, sim / "config.yaml", images / "results2", labels=sim / "labels")
     assert len(res.inputs) == 6
     assert len(collect_inputs([images])) == 6
     # editing a published label image in place never changes the part it came from

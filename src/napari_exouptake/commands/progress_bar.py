@@ -26,7 +26,7 @@ class ProgressBar:
             disable=not enabled,
             dynamic_ncols=True,
             mininterval=0.5,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
         )
 
     def __call__(self, fraction: float, message: str) -> None:
