@@ -262,22 +262,8 @@ def analyze_batch(
             log.info("exouptake analyze: %d input file(s) -> %s (%s)", len(files), out, executor)
             _clean_stale(out)
             _clean_results(out)
-            label_path = str(Path(labels).resolve()) if labels is not None else None
-            tasks = [
-                _Task(
-                    "analyze",
-                    f.name,
-                    str(f.path),
-                    str(out.resolve()),
-                    config,
-                    _key("analyze", f, config, index, z_mode),
-                    label_path,
-                    z_mode,
-                    overlays,
-                    limit,
-                )
-                for f in files
-            ]
+            lab = str(Path(labels).resolve()) if labels is not None else None
+            tasks = _tasks("analyze", files, out, config, index, z_mode, lab, overlays, limit)
             images = within(progress, 0.0, _IMAGES_SHARE)
             _run_tasks(tasks, out, workers, scheduler, result, force, images, cancel)
             report(progress, _IMAGES_SHARE, "merging the tables")
@@ -293,6 +279,26 @@ def analyze_batch(
             )
             report(progress, 1.0, _summary("analyzed", result))
     return result
+
+
+def _tasks(
+    kind: str,
+    files: Sequence[InputFile],
+    out: Path,
+    config: AssayConfig,
+    labels_index: _LabelsIndex,
+    z_mode: str,
+    labels: str | None = None,
+    overlays: bool = True,
+    max_pixels: int | None = None,
+) -> list[_Task]:
+    """One task per input file, with the key its part must carry."""
+    key = [_key(kind, f, config, labels_index, z_mode) for f in files]
+    where = str(out.resolve())
+    return [
+        _Task(kind, f.name, str(f.path), where, config, k, labels, z_mode, overlays, max_pixels)
+        for f, k in zip(files, key, strict=True)
+    ]
 
 
 def _summary(verb: str, result: BatchResult) -> str:
@@ -410,18 +416,7 @@ def segment_batch(
             )
         with run_lock(out, "segment"), log_to_file(out / _LOG_NAME):
             log.info("exouptake segment: %d input file(s) -> %s", len(files), out)
-            tasks = [
-                _Task(
-                    "segment",
-                    f.name,
-                    str(f.path),
-                    str(out.resolve()),
-                    config,
-                    _key("segment", f, config, none, "volume"),
-                    max_pixels=limit,
-                )
-                for f in files
-            ]
+            tasks = _tasks("segment", files, out, config, none, "volume", max_pixels=limit)
             _run_tasks(tasks, out, workers, scheduler, result, force, progress, cancel)
             _write_failures(out, result)
             result.wall_s = time.perf_counter() - t0

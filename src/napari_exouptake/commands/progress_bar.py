@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "exit_code_with_bar"]
 
 
 class ProgressBar:
@@ -47,3 +49,9 @@ class ProgressBar:
         tb: TracebackType | None,
     ) -> None:
         self._bar.close()
+
+
+def exit_code_with_bar(desc: str, batch: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """``batch(*args, progress=<a ProgressBar>, **kwargs).exit_code``, the bar on stderr."""
+    with ProgressBar(desc) as bar:
+        return int(batch(*args, progress=bar, **kwargs).exit_code)
