@@ -26,8 +26,9 @@ from napari_exouptake.batch import (
     analyze_batch,
     collect_inputs,
     load_sample_sheet,
-    run_analyze,
 )
+from napari_exouptake.batch import executors as batch_executors
+from napari_exouptake.commands.analyze import run_analyze
 from napari_exouptake.config import load_config, save_config
 
 TABLES = ("cells.csv", "spots.csv", "images.csv")
@@ -52,9 +53,7 @@ def sim(tmp_path_factory) -> Path:
 def reference(sim, tmp_path_factory) -> Path:
     """An uninterrupted serial run over ``sim``."""
     out = tmp_path_factory.mktemp("ref")
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and len(res.done) == 6
     return out
 
@@ -126,7 +125,6 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
         out,
         labels=sim / "labels",
         sample_sheet=sheet,
-        progress=False,
     )
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv").set_index("image")
@@ -148,9 +146,7 @@ def test_sample_sheet_assigns_conditions(sim, tmp_path):
 def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.done == [] and len(res.skipped) == 6
     assert_same_tables(reference, out)
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
@@ -162,14 +158,14 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
         positivity={"exosome": {"method": "fixed", "value": 5, "metric": "exo_spot_count"}}
     )
     assert analysis_hash(stricter) == analysis_hash(cfg)
-    res = analyze_batch(sim / "images", stricter, out, labels=sim / "labels", progress=False)
+    res = analyze_batch(sim / "images", stricter, out, labels=sim / "labels")
     assert res.done == []
     cells = pd.read_csv(out / "cells.csv")
     assert (cells["exo_positive"] == (cells["exo_spot_count"] >= 5)).all()
 
     # a detection change redoes every image (a threshold no punctum reaches: no puncta at all)
     changed = cfg.with_updates(spots={"threshold": 1e9})
-    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
+    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels")
     assert len(res.done) == 6 and res.skipped == []
     assert len(pd.read_csv(out / "spots.csv")) == 0
     assert (pd.read_csv(out / "cells.csv")["exo_spot_count"] == 0).all()
@@ -177,13 +173,13 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     # a touched input file is redone, the others are reused
     img = sim / "images" / "ev_high_002.ome.tif"
     os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 1_000_000_000))
-    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels", progress=False)
+    res = analyze_batch(sim / "images", changed, out, labels=sim / "labels")
     assert res.done == ["ev_high_002"] and len(res.skipped) == 5
 
     # an edit that keeps the size and the modification time is found by the content hash
     images = tmp_path / "images"
     shutil.copytree(sim / "images", images)
-    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    res = analyze_batch(images, changed, out, labels=sim / "labels")
     img = images / "dye_only_001.ome.tif"
     st = img.stat()
     data = bytearray(img.read_bytes())
@@ -191,7 +187,7 @@ def test_rerun_skips_and_config_change_redoes(sim, reference, tmp_path):
     img.write_bytes(bytes(data))
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert img.stat().st_mtime_ns == st.st_mtime_ns and img.stat().st_size == st.st_size
-    res = analyze_batch(images, changed, out, labels=sim / "labels", progress=False)
+    res = analyze_batch(images, changed, out, labels=sim / "labels")
     assert "dye_only_001" in res.done + list(res.failed) and len(res.skipped) == 5
 
 
@@ -202,7 +198,7 @@ def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     (images / "broken_007.ome.tif").write_bytes(good[: len(good) // 2])
     (images / "garbage_008.tif").write_bytes(b"this is not a TIFF file at all" * 10)
     out = tmp_path / "out"
-    code = run_analyze([images], sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    code = run_analyze([images], sim / "config.yaml", out, labels=sim / "labels")
     assert code == 1
     failures = pd.read_csv(out / "failures.csv")
     assert failures["image"].tolist() == ["broken_007", "garbage_008"]
@@ -216,7 +212,7 @@ def test_corrupt_files_are_listed_and_the_rest_finishes(sim, tmp_path):
     # the broken files removed: the rerun redoes nothing and failures.csv goes away
     (images / "broken_007.ome.tif").unlink()
     (images / "garbage_008.tif").unlink()
-    res = analyze_batch([images], sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    res = analyze_batch([images], sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and res.done == [] and not (out / "failures.csv").exists()
 
 
@@ -226,9 +222,7 @@ def test_bool_image_fails_with_a_clear_message(sim, tmp_path):
     mask = np.zeros((3, 64, 64), bool)
     mask[:, 10:30, 10:30] = True
     tifffile.imwrite(images / "mask.tif", mask)
-    res = analyze_batch(
-        images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels", progress=False
-    )
+    res = analyze_batch(images, sim / "config.yaml", tmp_path / "out", labels=sim / "labels")
     assert "a true/false (binary mask) image, not an intensity image" in res.failed["mask"]
 
 
@@ -236,9 +230,7 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
     labels = tmp_path / "labels"
     shutil.copytree(sim / "labels", labels)
     (labels / "untreated_000_cells.tif").unlink()
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels, progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels)
     assert list(res.failed) == ["untreated_000"]
     assert res.failed["untreated_000"].endswith(
         f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif)"
@@ -299,9 +291,7 @@ def test_t_and_z_stack_per_plane(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", labels)  # 2-D: used on every plane
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == [f"tz_t{t:03d}_z{z:03d}" for t in range(2) for z in range(3)]
@@ -326,9 +316,7 @@ def test_t_and_z_stack_as_volumes(sim, tmp_path):
     data, labels = _stack(sim, tmp_path)
     tifffile.imwrite(tmp_path / "labels" / "tz_cells.tif", np.stack([labels] * 3))  # (Z, Y, X)
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["tz_t000", "tz_t001"]
@@ -357,9 +345,7 @@ def test_multi_series_ome(sim, tmp_path):
             )
     shutil.copy(sim / "labels" / "ev_high_002_cells.tif", tmp_path / "labels" / "plate_cells.tif")
     out = tmp_path / "out"
-    res = analyze_batch(
-        tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels", progress=False
-    )
+    res = analyze_batch(tmp_path / "images", sim / "config.yaml", out, labels=tmp_path / "labels")
     assert res.exit_code == 0
     images = pd.read_csv(out / "images.csv")
     assert images["image"].tolist() == ["plate_s00", "plate_s01"]
@@ -375,9 +361,7 @@ def test_multi_series_ome(sim, tmp_path):
 @pytest.mark.slow
 def test_executors_give_identical_tables(sim, reference, tmp_path):
     out = tmp_path / "proc"
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2, progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2)
     assert res.exit_code == 0 and len(res.done) == 6
     assert_same_tables(reference, out)
     pytest.importorskip("dask.distributed")
@@ -389,7 +373,6 @@ def test_executors_give_identical_tables(sim, reference, tmp_path):
         labels=sim / "labels",
         workers=2,
         scheduler="local",
-        progress=False,
     )
     assert res.exit_code == 0 and len(res.done) == 6
     assert_same_tables(reference, out)
@@ -415,7 +398,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(sim, reference, tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+            [str(Path(batch.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
         ),
     }
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -458,7 +441,7 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
     monkeypatch.setattr(segmentation, "segment", fake_segment)
     monkeypatch.setattr(segmentation, "resolve_model", lambda name, major=None: None)
     out = tmp_path / "seg"
-    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    res = segment_batch(sim / "images", sim / "config.yaml", out)
     assert res.exit_code == 0 and len(res.done) == 6 and len(calls) == 6
     for name in res.done:
         for kind in ("cells", "nuclei"):
@@ -466,24 +449,22 @@ def test_segment_batch_writes_labels_and_resumes(sim, tmp_path, monkeypatch):
                 tifffile.imread(out / "labels" / f"{name}_{kind}.tif"),
                 tifffile.imread(sim / "labels" / f"{name}_{kind}.tif"),
             )
-    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    res = segment_batch(sim / "images", sim / "config.yaml", out)
     assert res.done == [] and len(res.skipped) == 6 and len(calls) == 6
     (out / "labels" / "ev_high_002_cells.tif").unlink()  # lost output is redone
-    res = segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+    res = segment_batch(sim / "images", sim / "config.yaml", out)
     assert res.done == ["ev_high_002"]
 
     # segmentation and analysis results never overwrite each other
     with pytest.raises(BatchUsageError, match="lies in the results of --out"):
         analyze_batch(sim / "images", sim / "config.yaml", out, labels=out / "labels")
     seg_files = sorted(p.name for p in (out / "labels").iterdir())
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and (out / "labels").is_symlink()
     kept = list(out.glob("labels.old-*"))
     assert len(kept) == 1 and sorted(p.name for p in kept[0].iterdir()) == seg_files
     with pytest.raises(BatchUsageError, match="holds results of `exouptake analyze`"):
-        segment_batch(sim / "images", sim / "config.yaml", out, progress=False)
+        segment_batch(sim / "images", sim / "config.yaml", out)
 
 
 def test_missing_model_is_a_usage_error(sim, tmp_path):
@@ -491,7 +472,7 @@ def test_missing_model_is_a_usage_error(sim, tmp_path):
         segmentation={"model": str(tmp_path / "no_such_model.pth")}
     )
     with pytest.raises(BatchUsageError, match="no_such_model"):
-        analyze_batch(sim / "images", cfg, tmp_path / "out", progress=False)
+        analyze_batch(sim / "images", cfg, tmp_path / "out")
 
 
 def test_same_stem_in_one_folder(tmp_path):
@@ -504,25 +485,32 @@ def test_same_stem_in_one_folder(tmp_path):
 
 def test_progress_callback_and_cancel_keep_finished_work(sim, reference, tmp_path):
     out = tmp_path / "out"
-    seen: list[tuple[int, int, str]] = []
+    seen: list[tuple[float, str]] = []
     res = analyze_batch(
         sim / "images",
         sim / "config.yaml",
         out,
         labels=sim / "labels",
-        progress=False,
-        on_progress=lambda done, total, name: seen.append((done, total, name)),
-        cancel=lambda: len(seen) >= 2,
+        progress=lambda fraction, message: seen.append((fraction, message)),
+        cancel=lambda: sum("done:" in m for _, m in seen) >= 2,
     )
     assert res.cancelled
-    assert [s[:2] for s in seen] == [(1, 6), (2, 6)]
+    # the protocol of napari_exouptake.progress: one monotone fraction of the whole call;
+    # the six files share [0, 0.95], the merge takes the rest
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    per_file = [(round(f, 4), m.split(":")[0]) for f, m in seen if "done:" in m]
+    assert per_file == [
+        (round(0.95 / 6, 4), "image file 1 of 6 done"),
+        (round(0.95 * 2 / 6, 4), "image file 2 of 6 done"),
+    ]
+    assert seen[0] == (0.0, "analyze: 6 image file(s) to do")
+    assert seen[-2] == (0.95, "merging the tables")
     assert len(res.done) == 2
     cells = pd.read_csv(out / "cells.csv")
     assert sorted(cells["image"].unique()) == sorted(res.done)
     # a rerun resumes: the two finished images are reused, the tables equal an uninterrupted run
-    res2 = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
-    )
+    res2 = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert sorted(res2.skipped) == sorted(res.done) and len(res2.done) == 4
     assert_same_tables(reference, out)
 
@@ -534,7 +522,7 @@ def _env() -> dict[str, str]:
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            [str(Path(batch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+            [str(Path(batch.__file__).parents[2]), os.environ.get("PYTHONPATH", "")]
         ),
     }
 
@@ -601,9 +589,7 @@ def test_lock_of_a_killed_run_is_taken_over(sim, tmp_path, caplog):
         holder.wait(timeout=30)
     assert json.loads((out / ".exouptake.lock").read_text())["released"] is False
     with caplog.at_level("WARNING", logger="napari_exouptake"):
-        res = analyze_batch(
-            sim / "images", sim / "config.yaml", out, labels=sim / "labels", progress=False
-        )
+        res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0
     assert "taking over the run lock" in caplog.text and f"pid {holder.pid}" in caplog.text
 
@@ -694,13 +680,13 @@ def test_sigkill_during_merge_leaves_the_old_or_the_new_set(sim, reference, tmp_
 def _fork_pool(monkeypatch):
     import multiprocessing as mp
 
-    monkeypatch.setattr(batch, "_mp_context", lambda: mp.get_context("fork"))
+    monkeypatch.setattr(batch_executors, "_mp_context", lambda: mp.get_context("fork"))
 
 
 def test_dead_worker_fails_only_its_image_after_one_retry(sim, tmp_path, monkeypatch):
     """A worker killed by SIGKILL (the OOM killer's signal) while it holds one image."""
     _fork_pool(monkeypatch)
-    real = batch._run_task
+    real = batch_executors._run_task
     tries = tmp_path / "tries"
     tries.mkdir()
 
@@ -712,11 +698,9 @@ def test_dead_worker_fails_only_its_image_after_one_retry(sim, tmp_path, monkeyp
             os.kill(os.getpid(), signal.SIGKILL)  # always / only on the first try
         return real(task)
 
-    monkeypatch.setattr(batch, "_run_task", run_task)
+    monkeypatch.setattr(batch_executors, "_run_task", run_task)
     out = tmp_path / "out"
-    res = analyze_batch(
-        sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2, progress=False
-    )
+    res = analyze_batch(sim / "images", sim / "config.yaml", out, labels=sim / "labels", workers=2)
     assert list(res.failed) == ["ev_high_002"]
     assert "died twice while analysing" in res.failed["ev_high_002"]
     assert "ev_high_002.ome.tif" in res.failed["ev_high_002"]
@@ -827,7 +811,6 @@ def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
         sim / "config.yaml",
         tmp_path / "out",
         labels=sim / "labels",
-        progress=False,
         max_pixels=10**8,
     )
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
@@ -889,12 +872,10 @@ def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, 
     images = tmp_path / "images"
     shutil.copytree(sim / "images", images)
     out = images / "results"  # inside the input folder, as users do
-    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels")
     assert res.exit_code == 0 and len(res.inputs) == 6
     # a second run elsewhere on the same folder does not read the first one's outputs
-    res = analyze_batch(
-        images, sim / "config.yaml", images / "results2", labels=sim / "labels", progress=False
-    )
+    res = analyze_batch(images, sim / "config.yaml", images / "results2", labels=sim / "labels")
     assert len(res.inputs) == 6
     assert len(collect_inputs([images])) == 6
     # editing a published label image in place never changes the part it came from
@@ -908,7 +889,7 @@ def test_output_folders_are_never_inputs_and_removed_inputs_leave_no_files(sim, 
     assert collect_inputs([str(images / "**" / "*.tif")])[0].path.parent == images
     # an input removed: its labels and overlays leave the published results too
     (images / "ev_high_002.ome.tif").unlink()
-    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels", progress=False)
+    res = analyze_batch(images, sim / "config.yaml", out, labels=sim / "labels")
     assert len(res.inputs) == 5
     assert not list((out / "labels").glob("ev_high_002*"))
     assert not list((out / "qc").glob("ev_high_002*"))

@@ -123,7 +123,6 @@ def results(tmp_path_factory):
         out,
         labels=sim / "labels",
         sample_sheet=sim / "conditions.csv",
-        progress=False,
     )
     assert res.exit_code == 0
     return out

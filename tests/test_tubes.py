@@ -312,7 +312,7 @@ def _tube_only_run(tmp_path, image, cfg_dict):
         mock.patch("napari_exouptake.spots.detect_spots_from_config", side_effect=boom),
     ):
         r = pipeline.analyze_image(tmp_path / "in" / "well.tif", cfg)
-        res = analyze_batch([tmp_path / "in"], cfg, tmp_path / "out", progress=False)
+        res = analyze_batch([tmp_path / "in"], cfg, tmp_path / "out")
         assert seg.call_count == 0
     assert res.done == ["well"] and not res.failed
     return r, tmp_path / "out"

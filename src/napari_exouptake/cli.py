@@ -311,7 +311,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
-    from .batch import run_analyze
+    from .commands.analyze import run_analyze
 
     cfg = _load_config(args.config)
     return run_analyze(
@@ -327,7 +327,7 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_segment(args) -> int:
-    from .batch import run_segment
+    from .commands.segment import run_segment
 
     cfg = _load_config(args.config)
     return run_segment(args.inputs, cfg, args.out, max_pixels=args.max_pixels)
@@ -349,7 +349,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import main_report
+    from .commands.report import main_report
 
     return main_report(args.results, control=args.control, out=args.out)
 

@@ -41,7 +41,6 @@ __all__ = [
     "condition_order",
     "condition_summary",
     "holm",
-    "main_report",
     "per_image_metrics",
     "write_report",
 ]
@@ -881,12 +880,3 @@ def write_report(
     atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     log.debug("wrote %s (%.0f kB)", out, out.stat().st_size / 1024)
     return out
-
-
-def main_report(
-    results_dir: str | Path, control: str | None = None, out: str | Path | None = None
-) -> int:
-    """``exouptake report`` body; returns the exit code (0). Errors raise :class:`ReportError`."""
-    path = write_report(results_dir, out=out, control=control)
-    print(f"wrote {path}")
-    return 0

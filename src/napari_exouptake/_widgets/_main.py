@@ -2,14 +2,13 @@
 
 The widget only gathers parameters into an :class:`~napari_exouptake.config.AssayConfig`, runs
 the core (``segmentation.segment``, ``spots.detect_spots``, ``pipeline.analyze_image``,
-``pipeline.finalize``, ``batch.run_analyze``) in a worker thread (see :mod:`._workers`), and
+``pipeline.finalize``, ``batch.analyze_batch``) in a worker thread (see :mod:`._workers`), and
 turns results into layers tied, through ``layer.metadata["exouptake"]``, to the layers they
 were computed from.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import threading
@@ -200,37 +199,19 @@ def _job_batch(
     progress: Any,
     cancel: Any,
 ) -> int:
-    from .. import batch
+    from ..batch import analyze_batch
 
-    # batch.run_analyze forwards keyword arguments to batch.analyze_batch: pass a progress
-    # callback and a cancel flag where the batch engine accepts them
-    params = inspect.signature(batch.analyze_batch).parameters
-    kwargs: dict[str, Any] = {"workers": workers}
-    if labels:
-        kwargs["labels"] = labels
-    if "on_progress" in params:
-        kwargs["on_progress"] = _tolerant_progress(progress)
-    if "cancel" in params:
-        kwargs["cancel"] = cancel
     progress(0.0, f"analysing {', '.join(inputs)}")
-    return int(batch.run_analyze(inputs, config, out, **kwargs) or 0)
-
-
-def _tolerant_progress(report: Any) -> Any:
-    """Adapt ``(done, total)``, ``(fraction, msg)`` or ``(msg, fraction)`` to ``report``."""
-
-    def cb(*args: Any, **kwargs: Any) -> None:
-        nums = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
-        texts = [str(a) for a in args if isinstance(a, str)]
-        if len(nums) >= 2 and nums[1]:
-            frac = nums[0] / nums[1]
-        elif nums:
-            frac = nums[0]
-        else:
-            frac = 0.0
-        report(float(min(max(frac, 0.0), 1.0)), " ".join(texts))
-
-    return cb
+    res = analyze_batch(
+        inputs,
+        config,
+        out,
+        workers=workers,
+        labels=labels or None,
+        progress=progress,
+        cancel=cancel,
+    )
+    return res.exit_code
 
 
 def _layer_source(layer: Any) -> str | None:
@@ -1380,7 +1361,7 @@ class ExoUptakeWidget(QWidget):
         )
 
     def run_batch(self) -> Job | None:
-        """Run ``batch.run_analyze`` over the input folder with the current config."""
+        """Run ``batch.analyze_batch`` over the input folder with the current config."""
         from ..config import ConfigError
 
         src, out = self.batch_in.text().strip(), self.batch_out.text().strip()
