@@ -759,7 +759,7 @@ segmentation:
   normalize: true         # percentile-normalise channels before the network
 
 spots:
-  radius_px: 1.8          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
+  radius_px: {radius_px}          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
                           # auto = measured on the image's own puncta (recorded in run.json)
   threshold: auto         # auto (decoy false-discovery control, never below SNR 5), or a
                           # number (amplitude above local background, image units)
@@ -794,4 +794,4 @@ conditions: {}            # file-name glob -> condition, e.g. {"*ctrl*": untreat
 
 def template_config() -> str:
     """The fully commented default config printed by ``exouptake config --template``."""
-    return TEMPLATE
+    return TEMPLATE.replace("{radius_px}", f"{DEFAULT_RADIUS_PX:g}")

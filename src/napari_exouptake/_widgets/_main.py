@@ -2,14 +2,13 @@
 
 The widget only gathers parameters into an :class:`~napari_exouptake.config.AssayConfig`, runs
 the core (``segmentation.segment``, ``spots.detect_spots``, ``pipeline.analyze_image``,
-``pipeline.finalize``, ``batch.run_analyze``) in a worker thread (see :mod:`._workers`), and
+``pipeline.finalize``, ``batch.analyze_batch``) in a worker thread (see :mod:`._workers`), and
 turns results into layers tied, through ``layer.metadata["exouptake"]``, to the layers they
 were computed from.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import threading
@@ -36,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..config import DEFAULT_RADIUS_PX
 from ._layers import (
     META_KEY,
     ChannelSource,
@@ -51,8 +51,9 @@ from ._workers import Job, start_job
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from ..config import AssayConfig
+    from ..config import AssayConfig, SpotsConfig
     from ..pipeline import AnalysisResult
+    from ..progress import Cancel, Progress
 
 __all__ = ["ExoUptakeWidget"]
 
@@ -101,7 +102,7 @@ def _resolve_device(spec: str) -> str:
         return resolve_device(spec)
 
 
-def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> Any:
+def _job_segment(image: Any, config: AssayConfig, *, progress: Progress, cancel: Cancel) -> Any:
     from ..segmentation import segment
 
     progress(0.0, f"loading the model {config.segmentation.model}…")
@@ -110,7 +111,7 @@ def _job_segment(image: Any, config: AssayConfig, *, progress: Any, cancel: Any)
     return segment(image, config, progress=progress, cancel=cancel)
 
 
-def _job_estimate(image: Any, config: AssayConfig, *, progress: Any, cancel: Any) -> float:
+def _job_estimate(image: Any, config: AssayConfig, *, progress: Progress, cancel: Cancel) -> float:
     from ..segmentation import estimate_diameter
 
     progress(0.0, "loading the model…")
@@ -119,11 +120,11 @@ def _job_estimate(image: Any, config: AssayConfig, *, progress: Any, cancel: Any
     return estimate_diameter(image, config)
 
 
-def _job_device(spec: str, *, progress: Any, cancel: Any) -> str:
+def _job_device(spec: str, *, progress: Progress, cancel: Cancel) -> str:
     return _resolve_device(spec)
 
 
-def detect_channel(data: Any, spots_cfg: Any) -> tuple[Any, dict]:
+def detect_channel(data: Any, spots_cfg: SpotsConfig) -> tuple[Any, dict]:
     """The one puncta detection of an exosome channel, shared by the preview and the
     measurement: ``detect_spots_from_config`` on the whole channel as ``analyze_image`` runs it
     (float32, ``(Z, Y, X)``), plus the saturated-pixel count of the raw channel."""
@@ -141,7 +142,9 @@ def detect_channel(data: Any, spots_cfg: Any) -> tuple[Any, dict]:
     return df, {"n_saturated": n_sat, "saturation_level": level}
 
 
-def _job_detect(data: Any, spots_cfg: Any, *, progress: Any, cancel: Any) -> tuple[Any, dict]:
+def _job_detect(
+    data: Any, spots_cfg: SpotsConfig, *, progress: Progress, cancel: Cancel
+) -> tuple[Any, dict]:
     progress(0.0, "detecting EV puncta on the whole image (once per image and settings)…")
     return detect_channel(data, spots_cfg)
 
@@ -155,10 +158,10 @@ def _job_analyze(
     detection: tuple[Any, dict] | None,
     exo_data: Any,
     *,
-    progress: Any,
-    cancel: Any,
+    progress: Progress,
+    cancel: Cancel,
 ) -> tuple[AnalysisResult, tuple[Any, dict]]:
-    from ..pipeline import analyze_image, readout_overlays
+    from ..pipeline import analyze_image
 
     if detection is None:  # not previewed with these settings: the same detection, now
         progress(0.05, "detecting EV puncta")
@@ -169,12 +172,10 @@ def _job_analyze(
         labels,
         nuclei=nuclei,
         name=name,
-        progress=lambda stage, frac: progress(frac, stage),
+        progress=progress,
         cancel=cancel,
         spots_table=detection[0],
     )
-    # QC pictures of tube/collagen readouts are rendered here, off the Qt thread
-    result.extras["overlays"] = readout_overlays(image, result, config)
     return result, detection
 
 
@@ -197,40 +198,22 @@ def _job_batch(
     workers: int,
     labels: str | None,
     *,
-    progress: Any,
-    cancel: Any,
+    progress: Progress,
+    cancel: Cancel,
 ) -> int:
-    from .. import batch
+    from ..batch import analyze_batch
 
-    # batch.run_analyze forwards keyword arguments to batch.analyze_batch: pass a progress
-    # callback and a cancel flag where the batch engine accepts them
-    params = inspect.signature(batch.analyze_batch).parameters
-    kwargs: dict[str, Any] = {"workers": workers}
-    if labels:
-        kwargs["labels"] = labels
-    if "on_progress" in params:
-        kwargs["on_progress"] = _tolerant_progress(progress)
-    if "cancel" in params:
-        kwargs["cancel"] = cancel
     progress(0.0, f"analysing {', '.join(inputs)}")
-    return int(batch.run_analyze(inputs, config, out, **kwargs) or 0)
-
-
-def _tolerant_progress(report: Any) -> Any:
-    """Adapt ``(done, total)``, ``(fraction, msg)`` or ``(msg, fraction)`` to ``report``."""
-
-    def cb(*args: Any, **kwargs: Any) -> None:
-        nums = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
-        texts = [str(a) for a in args if isinstance(a, str)]
-        if len(nums) >= 2 and nums[1]:
-            frac = nums[0] / nums[1]
-        elif nums:
-            frac = nums[0]
-        else:
-            frac = 0.0
-        report(float(min(max(frac, 0.0), 1.0)), " ".join(texts))
-
-    return cb
+    res = analyze_batch(
+        inputs,
+        config,
+        out,
+        workers=workers,
+        labels=labels or None,
+        progress=progress,
+        cancel=cancel,
+    )
+    return res.exit_code
 
 
 def _layer_source(layer: Any) -> str | None:
@@ -304,7 +287,7 @@ def _channel_names(layer: Any) -> list[str]:
     return [str(names[i]) if i < len(names) else f"C{i}" for i in range(n)]
 
 
-def key_spots(key: tuple) -> Any:
+def key_spots(key: tuple) -> SpotsConfig:
     """The ``SpotsConfig`` of a detection cache key."""
     from ..config import SpotsConfig
 
@@ -1380,7 +1363,7 @@ class ExoUptakeWidget(QWidget):
         )
 
     def run_batch(self) -> Job | None:
-        """Run ``batch.run_analyze`` over the input folder with the current config."""
+        """Run ``batch.analyze_batch`` over the input folder with the current config."""
         from ..config import ConfigError
 
         src, out = self.batch_in.text().strip(), self.batch_out.text().strip()
@@ -1454,7 +1437,7 @@ class ExoUptakeWidget(QWidget):
                 result.spots,
                 name=f"{result.image} puncta",
                 ndim=geo["ndim"],
-                radius_px=float(result.spots.attrs.get("radius_px", 1.8)),
+                radius_px=float(result.spots.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
                 scale=geo["scale"],
                 translate=geo["translate"],
                 metadata=pmeta,
@@ -1527,7 +1510,7 @@ class ExoUptakeWidget(QWidget):
         self.readouts_label.setText(
             "\n".join(lines) if lines else "no tube or collagen channel chosen"
         )
-        for kind, rgb in result.extras.get("overlays", {}).items():
+        for kind, rgb in result.extras.get("qc", {}).items():  # drawn by the worker
             name = f"{result.image} {kind} QC"
             meta = {META_KEY: {"kind": f"{kind}_overlay", "image": result.image}}
             scale = tuple(geo["scale"])[-2:]
@@ -1840,7 +1823,7 @@ class ExoUptakeWidget(QWidget):
         z = int(self.viewer.dims.current_step[-3]) if self.viewer.dims.ndim >= 3 else 0
         return min(max(z, 0), np.shape(data)[0] - 1)
 
-    def _detection_request(self, spots_cfg: Any = None) -> tuple[Any, Any, Any]:
+    def _detection_request(self, spots_cfg: SpotsConfig | None = None) -> tuple[Any, Any, Any]:
         """``(cache key, EV channel array, its layer)`` of the current settings."""
         exo = self._source(self.exosome_combo.currentText())
         if exo is None:
@@ -1901,7 +1884,7 @@ class ExoUptakeWidget(QWidget):
                 sub,
                 name="puncta preview",
                 ndim=2,
-                radius_px=float(df.attrs.get("radius_px", 1.8)),
+                radius_px=float(df.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
                 metadata={META_KEY: {"kind": "preview", "image_layer": layer.name}},
                 **geo,
             )
