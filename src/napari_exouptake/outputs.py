@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AssayConfig, config_hash
-from .io import write_labels, write_table
+from .config import AssayConfig, config_hash, resolve_channel
+from .io import ImageData, write_labels, write_table
 from .results import AnalysisResult, images_table, squeeze_plane
 
 __all__ = [
+    "draw_readout_overlays",
+    "readout_overlays",
+    "readout_plane",
     "condition_summary",
     "json_default",
     "package_versions",
@@ -32,9 +35,57 @@ __all__ = [
 ]
 
 
+def readout_plane(image: ImageData, index: int) -> np.ndarray:
+    """Channel ``index`` of ``image`` as the 2D float32 plane the image-level readouts (tubes,
+    collagen) analyse: the plane of a 2D image, the maximum projection of a z-stack."""
+    arr = np.asarray(image.channel(index), dtype=np.float32)
+    return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
+
+
+def readout_overlays(
+    image: ImageData, result: AnalysisResult | dict, config: AssayConfig
+) -> dict[str, np.ndarray]:
+    """QC pictures of the image-level readouts of ``result`` (or of its ``extras`` dict).
+
+    :func:`~napari_exouptake.pipeline.measure_image` keeps them in ``result.extras["qc"]``;
+    this draws them again for a result whose pictures were not kept.
+
+    Returns
+    -------
+    dict of str to (Y, X, 3) uint8 ndarray
+        ``"tubes"`` (skeleton, nodes, meshes) and/or ``"collagen"`` (orientation colour map and
+        fibre centre lines), for the readouts the config enabled.
+    """
+    extras = result if isinstance(result, dict) else result.extras
+    planes = {
+        key: readout_plane(
+            image, resolve_channel(section.channel, image.channel_names, f"{key}.channel")
+        )
+        for key in ("tubes", "collagen")
+        if key in extras and (section := getattr(config, key)) is not None
+    }
+    return draw_readout_overlays(planes, extras)
+
+
+def draw_readout_overlays(
+    planes: dict[str, np.ndarray], extras: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """The readouts' QC pictures drawn on their 2D planes (``planes``: readout -> plane)."""
+    out: dict[str, np.ndarray] = {}
+    if "tubes" in extras and "tubes" in planes:
+        from .tubes import tube_overlay
+
+        out["tubes"] = tube_overlay(planes["tubes"], extras["tubes"])
+    if "collagen" in extras and "collagen" in planes:
+        from .collagen import collagen_overlay
+
+        out["collagen"] = collagen_overlay(planes["collagen"], extras["collagen"])
+    return out
+
+
 def write_readout_overlays(result: AnalysisResult, qc_dir: Path) -> list[Path]:
     """Write ``qc/<image>_tubes.png`` / ``qc/<image>_collagen.png`` (the readouts' QC pictures
-    made by :func:`analyze_image`)."""
+    made by :func:`~napari_exouptake.pipeline.measure_image`)."""
     import imageio.v3 as iio
 
     paths = []

@@ -34,10 +34,13 @@ from .config import (
 from .io import ImageData, read_image, read_labels
 from .outputs import (
     condition_summary,
+    draw_readout_overlays,
     json_default,
     package_versions,
     qc_overlay,
     qc_title,
+    readout_overlays,
+    readout_plane,
     run_info,
     sample_data_dir,
     write_outputs,
@@ -205,7 +208,7 @@ def measure_image(
     step("readouts", 0.85)
     extras: dict[str, Any] = {}
     readouts: dict[str, Any] = {}
-    planes = {key: _plane2d(image, idx) for key, idx in readout_channels.items()}
+    planes = {key: readout_plane(image, idx) for key, idx in readout_channels.items()}
     if config.tubes is not None:
         from .tubes import analyze_tubes
 
@@ -227,7 +230,7 @@ def measure_image(
             cells_df = cells_df.merge(per_cell, on="cell_id", how="left")
 
     if extras:
-        extras["qc"] = _overlays(planes, extras)
+        extras["qc"] = draw_readout_overlays(planes, extras)
     cells_df.insert(0, "image", name)
     spots_df = spots_df.reset_index(drop=True)
     if "spot_id" not in spots_df.columns:
@@ -543,45 +546,6 @@ def finalize(
     return out
 
 
-def readout_overlays(
-    image: ImageData, result: AnalysisResult | dict, config: AssayConfig
-) -> dict[str, np.ndarray]:
-    """QC pictures of the image-level readouts of ``result`` (or of its ``extras`` dict).
-
-    :func:`measure_image` already keeps them in ``result.extras["qc"]``; this draws them again
-    for a result whose pictures were not kept.
-
-    Returns
-    -------
-    dict of str to (Y, X, 3) uint8 ndarray
-        ``"tubes"`` (skeleton, nodes, meshes) and/or ``"collagen"`` (orientation colour map and
-        fibre centre lines), for the readouts the config enabled.
-    """
-    extras = result if isinstance(result, dict) else result.extras
-    planes = {
-        key: _plane2d(
-            image, resolve_channel(section.channel, image.channel_names, f"{key}.channel")
-        )
-        for key in ("tubes", "collagen")
-        if key in extras and (section := getattr(config, key)) is not None
-    }
-    return _overlays(planes, extras)
-
-
-def _overlays(planes: dict[str, np.ndarray], extras: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The readouts' QC pictures drawn on their 2D planes (``planes``: readout -> plane)."""
-    out: dict[str, np.ndarray] = {}
-    if "tubes" in extras and "tubes" in planes:
-        from .tubes import tube_overlay
-
-        out["tubes"] = tube_overlay(planes["tubes"], extras["tubes"])
-    if "collagen" in extras and "collagen" in planes:
-        from .collagen import collagen_overlay
-
-        out["collagen"] = collagen_overlay(planes["collagen"], extras["collagen"])
-    return out
-
-
 #: image-level readouts shown first (napari widget, demo): key -> label
 KEY_READOUTS = {
     "tube_total_length_um": "tube total length",
@@ -608,11 +572,6 @@ def _channel_float(image: ImageData, index: int | None, role: str) -> np.ndarray
             "infinite values; fix or crop the image"
         )
     return arr
-
-
-def _plane2d(image: ImageData, index: int) -> np.ndarray:
-    arr = np.asarray(image.channel(index), dtype=np.float32)
-    return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
 
 
 def _as_labels(labels: np.ndarray | str | Path, image: ImageData, what: str) -> np.ndarray:
