@@ -11,6 +11,7 @@ import pytest
 from napari_exouptake import pipeline
 from napari_exouptake.config import AssayConfig, ConfigError, load_config, save_config
 from napari_exouptake.io import from_array, read_image
+from napari_exouptake.progress import Cancelled
 
 SAMPLE = pipeline.sample_data_dir()
 CELL_COLUMNS = [
@@ -188,8 +189,46 @@ def test_time_axis_is_refused_with_advice():
 
 def test_cancel_stops_between_stages(sample):
     cfg, path, cells, _ = sample
-    with pytest.raises(InterruptedError):
+    with pytest.raises(Cancelled):
         pipeline.analyze_image(path, cfg, labels=cells, cancel=lambda: True)
+
+
+def test_progress_is_one_monotone_fraction_with_messages(sample):
+    cfg, path, cells, _ = sample
+    seen = []
+    pipeline.analyze_image(path, cfg, labels=cells, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(isinstance(m, str) and m for _, m in seen)
+    assert [m for _, m in seen][:3] == ["segmentation", "puncta", "measurement"]
+
+
+def test_positivity_is_applied_once_by_finalize(sample):
+    """measure_image leaves positivity to finalize; finalizing measured results gives what
+    finalizing already-classified ones (analyze_image per image) gives, and the result is
+    frozen."""
+    import dataclasses
+
+    cfg, path, cells, nuclei = sample
+    dye = sorted((SAMPLE / "images").glob("dye_only_*.ome.tif"))[0]
+    dye_cells = SAMPLE / "labels" / f"{dye.name.replace('.ome.tif', '')}_cells.tif"
+    m = [
+        pipeline.measure_image(path, cfg, labels=cells),
+        pipeline.measure_image(dye, cfg, labels=dye_cells),
+    ]
+    assert m[0].thresholds == {} and m[0].summary == {}
+    assert not any(c.endswith("_positive") for c in m[0].cells.columns)
+    a = [
+        pipeline.analyze_image(path, cfg, labels=cells),
+        pipeline.analyze_image(dye, cfg, labels=dye_cells),
+    ]
+    assert "exo_positive" in a[0].cells.columns and a[0].summary
+    once, twice = pipeline.finalize(m, cfg), pipeline.finalize(a, cfg)
+    for x, y in zip(once, twice, strict=True):
+        pd.testing.assert_frame_equal(x.cells, y.cells)
+        assert x.summary == y.summary and x.thresholds == y.thresholds
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        once[0].cells = once[0].cells.iloc[:0]
 
 
 def test_readout_channel_error_names_its_key():

@@ -420,6 +420,16 @@ def test_train_model_tiny_run_writes_fp16_and_resumes(tmp_path):
         shutil.copy(DSB / "images" / f"{s}.png", imgs)
         shutil.copy(DSB / "labels" / f"{s}.tif", labs)
     out = tmp_path / "m.pth"
+    from napari_exouptake.progress import Cancelled
+
+    seen = []
+    with pytest.raises(Cancelled, match="step 1/2"):  # one progress protocol: stops after step 1
+        S.train_model(
+            imgs, labs, out, n_steps=2, batch_size=2, bsize=64, seed=3, device="cpu",
+            progress=lambda f, m: seen.append((f, m)), cancel=lambda: bool(seen),
+        )  # fmt: skip
+    assert len(seen) == 1 and seen[0][0] == 0.5 and seen[0][1].startswith("step 1/2, loss ")
+    assert torch.load(out.with_name("m.pth.ckpt"), weights_only=True)["step"] == 1
     S.train_model(imgs, labs, out, n_steps=2, batch_size=2, bsize=64, seed=3, device="cpu")
     sd = torch.load(out, weights_only=True)
     assert sd["diam_mean"].dtype == torch.float16 and float(sd["diam_mean"]) == 17.0

@@ -604,7 +604,7 @@ def test_tube_and_collagen_readouts_in_widget(widget, qtbot, tmp_path):
 def test_detector_note_gives_threshold_and_measured_radius():
     """The status line gives the threshold in image units and how it was chosen, the punctum
     radius (measured with radius auto) and the saturated pixels."""
-    from napari_exouptake._widgets._main import detector_note
+    from napari_exouptake._widgets._text import detector_note
     from napari_exouptake.simulate import simulate_image
     from napari_exouptake.spots import detect_spots
 
@@ -732,7 +732,7 @@ def test_walk_through(kind, make_napari_viewer, qtbot, tmp_path):
     in a region equals the measured count there, and equals the command line's."""
     from napari_exouptake import cli
     from napari_exouptake._widgets import ExoUptakeWidget
-    from napari_exouptake._widgets._main import puncta_in_region
+    from napari_exouptake._widgets._preview import puncta_in_region
     from napari_exouptake.config import load_config
     from napari_exouptake.io import write_labels
 
@@ -932,7 +932,7 @@ def test_export_matches_measured_config_and_thresholds_have_auto(widget, qtbot, 
 def test_preview_in_view_equals_measured_in_view(widget, qtbot):
     """The preview's puncta in a zoomed-in region are the measured ones there: one detection
     on the whole EV channel, computed once and reused by the measurement."""
-    from napari_exouptake._widgets._main import puncta_in_region
+    from napari_exouptake._widgets._preview import puncta_in_region
 
     w, viewer = widget, widget.viewer
     w.load_config(SAMPLE_DIR / "config.yaml")

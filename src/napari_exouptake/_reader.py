@@ -132,6 +132,7 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
         ``<image> puncta`` (Points with the per-punctum table as ``features``).
     """
     from ._widgets._layers import META_KEY, labels_layer_data, points_layer_data
+    from .config import DEFAULT_RADIUS_PX
     from .io import read_image, read_labels
 
     folder = Path(path[0] if isinstance(path, list) else path)
@@ -141,7 +142,9 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
     if (folder / "run.json").is_file():
         run = json.loads((folder / "run.json").read_text())
     cfg = run.get("config", {})
-    radius = float((cfg.get("spots") or {}).get("radius_px", 1.8))
+    radius = (cfg.get("spots") or {}).get("radius_px", DEFAULT_RADIUS_PX)
+    if not isinstance(radius, (int, float)):  # "auto": measured per image; a size to draw
+        radius = DEFAULT_RADIUS_PX
     names = list(dict.fromkeys(cells["image"].astype(str))) if "image" in cells else []
     for lab in sorted((folder / "labels").glob("*_cells.tif")):
         stem = lab.name[: -len("_cells.tif")]

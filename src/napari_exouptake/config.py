@@ -33,6 +33,7 @@ from pydantic import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_RADIUS_PX",
     "AssayConfig",
     "ChannelsConfig",
     "CollagenConfig",
@@ -55,6 +56,10 @@ __all__ = [
 ChannelRef = Union[int, str]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
+
+#: punctum radius in pixels (sqrt(2) x the PSF's Gaussian sigma) when none is given or measured:
+#: the default of ``spots.radius_px``; the one place this number is written
+DEFAULT_RADIUS_PX = 1.8
 
 
 class ConfigError(ValueError):
@@ -308,7 +313,9 @@ class SpotsConfig(_Frozen):
     ``residual_pass``, ``whiten``) are accepted and ignored with a warning.
     """
 
-    radius_px: Annotated[Union[Literal["auto"], float], BeforeValidator(_check_radius)] = 1.8
+    radius_px: Annotated[Union[Literal["auto"], float], BeforeValidator(_check_radius)] = (
+        DEFAULT_RADIUS_PX
+    )
     threshold: Threshold = "auto"
     fdr: float = Field(0.05, gt=0, lt=1)
     background_radius_px: float | None = Field(None, gt=0)
@@ -752,7 +759,7 @@ segmentation:
   normalize: true         # percentile-normalise channels before the network
 
 spots:
-  radius_px: 1.8          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
+  radius_px: {radius_px}          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
                           # auto = measured on the image's own puncta (recorded in run.json)
   threshold: auto         # auto (decoy false-discovery control, never below SNR 5), or a
                           # number (amplitude above local background, image units)
@@ -787,4 +794,4 @@ conditions: {}            # file-name glob -> condition, e.g. {"*ctrl*": untreat
 
 def template_config() -> str:
     """The fully commented default config printed by ``exouptake config --template``."""
-    return TEMPLATE
+    return TEMPLATE.replace("{radius_px}", f"{DEFAULT_RADIUS_PX:g}")

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import DEFAULT_RADIUS_PX
+
 __all__ = [
     "apply_positivity",
     "assign_spots",
@@ -310,7 +312,7 @@ def measure_cells(
     z_step_um: float | None = None,
     marker_names: Sequence[str] | None = None,
     exo_background: float | None = None,
-    spot_radius_px: float = 1.8,
+    spot_radius_px: float = DEFAULT_RADIUS_PX,
     resolved: Any = None,
     exosome_key: str = _EXO,
 ) -> pd.DataFrame:
@@ -339,7 +341,7 @@ def measure_cells(
     exo_background : float, optional
         Exosome-channel background per pixel for ``exo_excess_intensity``; default the median
         of the pixels outside every cell (0 when there are none).
-    spot_radius_px : float, default 1.8
+    spot_radius_px : float, default ``config.DEFAULT_RADIUS_PX``
         Disc radius around each punctum for ``exo_area_fraction``.
     resolved : ResolvedChannels, optional
         Needed when ``channels`` is an ``ImageData``.

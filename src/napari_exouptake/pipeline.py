@@ -1,22 +1,22 @@
 """One image through the whole assay: segment -> detect puncta -> measure -> readouts.
 
-:func:`analyze_image` is the single entry every face calls (napari widgets, ``exouptake
-analyze``, batch workers, dataset validation), so a setting tuned by clicking gives the very same
-numbers headless. :func:`finalize` applies run-level positivity thresholds (automatic ones, and
-those derived from a control condition such as dye-only cells) across all images of a run, and
-:func:`write_outputs` writes the contract tables, label images, QC overlays and ``run.json``.
+:func:`analyze_image` is the single entry every face calls for one image (napari widgets, the
+Python API), so a setting tuned by clicking gives the very same numbers headless. It is
+:func:`measure_image` (segmentation, puncta, per-cell table, image-level readouts; no
+positivity) followed by :func:`finalize`, the one step that applies positivity thresholds
+(automatic ones, and those derived from a control condition such as dye-only cells) across the
+images of a run: a run of many images (batch workers, the demo, dataset validation) measures
+each image with :func:`measure_image` and finalizes them together once. What a run writes
+(tables, labels, QC, ``run.json``) lives in :mod:`napari_exouptake.outputs`, re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import json
 import logging
-import platform
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,69 +25,55 @@ import pandas as pd
 
 from .config import (
     CONTROL_EXO_RULE,
+    DEFAULT_RADIUS_PX,
     AssayConfig,
     ConfigError,
     PositivityRule,
-    config_hash,
     resolve_channel,
 )
-from .io import ImageData, read_image, read_labels, write_labels, write_table
+from .io import ImageData, read_image, read_labels
+from .outputs import (
+    condition_summary,
+    draw_readout_overlays,
+    json_default,
+    package_versions,
+    qc_overlay,
+    qc_title,
+    readout_overlays,
+    readout_plane,
+    run_info,
+    sample_data_dir,
+    write_outputs,
+    write_qc,
+    write_readout_overlays,
+)
+from .progress import Cancel, Progress, check, report, within
+from .results import AnalysisResult, images_table, squeeze_plane
 
 __all__ = [
     "AnalysisResult",
+    "KEY_READOUTS",
+    "MIN_AUTO_IMAGES",
     "analyze_image",
+    "check_channels",
     "condition_for",
+    "condition_summary",
     "finalize",
     "images_table",
-    "check_channels",
-    "readout_overlays",
+    "json_default",
+    "measure_image",
+    "package_versions",
     "qc_overlay",
+    "qc_title",
+    "readout_overlays",
+    "run_info",
+    "sample_data_dir",
     "write_outputs",
+    "write_qc",
+    "write_readout_overlays",
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, float], None]
-
-
-@dataclass
-class AnalysisResult:
-    """Everything one image gives; flows to every writer and every face.
-
-    Attributes
-    ----------
-    image : str
-        Image name (the file's stem), the ``image`` column of every table.
-    cells_labels : (Y, X) or (Z, Y, X) ndarray of int
-        Cell labels, 0 = background.
-    nuclei_labels : ndarray of int or None
-        Nucleus labels (same shape) when a nuclear channel was segmented.
-    spots : pandas.DataFrame
-        One row per punctum (``spot_id``, ``y``, ``x`` [, ``z``], ``intensity``, ``cell_id`` ...).
-    cells : pandas.DataFrame
-        One row per cell (contract columns of ``cells.csv``).
-    summary : dict
-        The image's row of ``images.csv`` (image-level readouts included).
-    thresholds : dict
-        Positivity thresholds used (``{"exosome": ..., "<marker>": ...}``).
-    provenance : dict
-        Device, model identity, timings, threshold of the punctum detector.
-    condition : str or None
-    extras : dict
-        Image-level readout objects (``"tubes"``, ``"collagen"`` results) for overlays.
-    """
-
-    image: str
-    cells_labels: np.ndarray
-    nuclei_labels: np.ndarray | None
-    spots: pd.DataFrame
-    cells: pd.DataFrame
-    summary: dict[str, Any]
-    thresholds: dict[str, float] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    condition: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict, repr=False)
-    exo_image: np.ndarray | None = field(default=None, repr=False)
 
 
 def condition_for(name: str, config: AssayConfig) -> str | None:
@@ -102,7 +88,7 @@ def _marker_names(config: AssayConfig) -> list[str]:
     return list(config.channels.markers)
 
 
-def analyze_image(
+def measure_image(
     image: ImageData | str | Path,
     config: AssayConfig,
     labels: np.ndarray | str | Path | None = None,
@@ -111,49 +97,23 @@ def analyze_image(
     condition: str | None = None,
     name: str | None = None,
     progress: Progress | None = None,
-    cancel: Callable[[], bool] | None = None,
+    cancel: Cancel | None = None,
     spots_table: pd.DataFrame | None = None,
 ) -> AnalysisResult:
-    """Analyse one ``(C, Z, Y, X)`` image.
+    """Measure one ``(C, Z, Y, X)`` image, without positivity (see :func:`analyze_image`).
 
-    Parameters
-    ----------
-    image : ImageData or path
-        The image (a path is read with :func:`napari_exouptake.io.read_image`).
-    config : AssayConfig
-    labels : (Y, X) or (Z, Y, X) int ndarray or path, optional
-        Cell labels to use instead of segmenting (0 = background).
-    nuclei : int ndarray or path, optional
-        Nucleus labels to go with ``labels`` (enables nuclear/cytoplasmic readouts).
-    condition : str, optional
-        Experimental condition (else from ``config.conditions``).
-    name : str, optional
-        Image name for the tables (default: the file's stem).
-    progress : callable(stage: str, fraction: float), optional
-    cancel : callable() -> bool, optional
-        Checked between stages; when it returns True the analysis stops with
-        :class:`InterruptedError`.
-    spots_table : pandas.DataFrame, optional
-        The puncta of this image's exosome channel, already detected with
-        ``spots.detect_spots_from_config(exosome channel, config.spots)`` (the napari widget's
-        preview cache); used instead of detecting again.
-
-    Returns
-    -------
-    AnalysisResult
-        Positivity here uses this image alone for ``auto``/``control`` rules; a run over several
-        images calls :func:`finalize` to apply run-level thresholds.
+    Segmentation (or the given labels), puncta, the per-cell table and the image-level
+    readouts; no ``*_positive`` column, empty ``thresholds`` and ``summary``. A run hands its
+    images' results to :func:`finalize` together, once.
     """
     from . import measure, spots
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    def step(stage: str, frac: float) -> None:
-        if cancel is not None and cancel():
-            raise InterruptedError(f"analysis cancelled during {stage}")
-        if progress is not None:
-            progress(stage, frac)
+    def step(stage: str, fraction: float) -> None:
+        check(cancel, f"analysis of {name}")
+        report(progress, fraction, stage)
 
     if not isinstance(image, ImageData):
         image = read_image(image, axes=config.axes)
@@ -168,7 +128,12 @@ def analyze_image(
     # tube/collagen-only assay: no segmentation, no puncta, no cells (no Cellpose call)
     image_level = labels is None and config.image_level_only()
     config.check_roles("quantify" if labels is not None else "analyze")
-    ch = config.channels.resolve(image.channel_names)
+    ch = config.channels.resolve(image.channel_names)  # every channel role, resolved once here
+    readout_channels = {
+        key: resolve_channel(section.channel, image.channel_names, f"{key}.channel")
+        for key in ("tubes", "collagen")
+        if (section := getattr(config, key)) is not None
+    }
     pixel_size = config.pixel_size_um or image.pixel_size_um
     exo = None if image_level else _channel_float(image, ch.exosome, "exosome")
 
@@ -185,7 +150,7 @@ def analyze_image(
     else:
         from .segmentation import segment
 
-        seg = segment(image, config)
+        seg = segment(image, config, progress=within(progress, 0.0, 0.5), cancel=cancel)
         cells_lab = _as_labels(seg.cells, image, "segmentation labels")
         nuc_lab = None if seg.nuclei is None else _as_labels(seg.nuclei, image, "nuclei")
         seg_info.update(
@@ -214,56 +179,58 @@ def analyze_image(
     t2 = time.perf_counter()
     if image_level:
         cells_df = pd.DataFrame({"cell_id": pd.Series(dtype=np.int64)})
-        exo_m = lab2 = None
+        exo_m = lab_m = None
     else:
-        marker_images = {m: _channel_float(image, i, f"markers.{m}") for m, i in ch.markers.items()}
-        squeeze = exo.shape[0] == 1  # a single plane is measured in 2D (no z column)
-        lab_m = cells_lab[0] if squeeze else cells_lab
-        nuc_m = None if nuc_lab is None else (nuc_lab[0] if squeeze else nuc_lab)
-        channels_m = {"exosome": exo[0] if squeeze else exo}
-        channels_m.update({k: (v[0] if squeeze else v) for k, v in marker_images.items()})
+        # a single plane is measured in 2D (no z column)
+        lab_m = squeeze_plane(cells_lab)
+        channels_m = {"exosome": squeeze_plane(exo)}
+        channels_m.update(
+            {
+                m: squeeze_plane(_channel_float(image, i, f"markers.{m}"))
+                for m, i in ch.markers.items()
+            }
+        )
         spots_df = measure.assign_spots(spots_df, lab_m)
         cells_df = measure.measure_cells(
             lab_m,
             channels_m,
             spots_df,
-            nuclei=nuc_m,
+            nuclei=None if nuc_lab is None else squeeze_plane(nuc_lab),
             pixel_size_um=pixel_size,
             z_step_um=image.z_step_um,
             marker_names=list(ch.markers),
-            spot_radius_px=float(spots_df.attrs.get("radius_px", 1.8)),
+            spot_radius_px=float(spots_df.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
         )
         exo_m = channels_m["exosome"]
-        lab2 = lab_m
     timings["measure"] = time.perf_counter() - t2
 
     # -- image-level readouts ----------------------------------------------------------------
     step("readouts", 0.85)
     extras: dict[str, Any] = {}
     readouts: dict[str, Any] = {}
+    planes = {key: readout_plane(image, idx) for key, idx in readout_channels.items()}
     if config.tubes is not None:
         from .tubes import analyze_tubes
 
-        idx = resolve_channel(config.tubes.channel, image.channel_names, "tubes.channel")
         params = config.tubes.model_dump(exclude={"channel"})
-        res = analyze_tubes(_plane2d(image, idx), pixel_size_um=pixel_size, **params)
+        res = analyze_tubes(planes["tubes"], pixel_size_um=pixel_size, **params)
         extras["tubes"] = res
         readouts.update(res.metrics)
     if config.collagen is not None:
         from .collagen import analyze_collagen, collagen_per_cell
 
-        idx = resolve_channel(config.collagen.channel, image.channel_names, "collagen.channel")
         params = config.collagen.model_dump(exclude={"channel", "ring_width_px"})
-        col_img = _plane2d(image, idx)
-        res = analyze_collagen(col_img, pixel_size_um=pixel_size, **params)
+        res = analyze_collagen(planes["collagen"], pixel_size_um=pixel_size, **params)
         extras["collagen"] = res
         readouts.update(res.metrics)
-        if lab2 is not None and lab2.ndim == 2 and len(cells_df):
-            per_cell = collagen_per_cell(lab2, col_img, ring_width_px=config.collagen.ring_width_px)
+        if lab_m is not None and lab_m.ndim == 2 and len(cells_df):
+            per_cell = collagen_per_cell(
+                lab_m, planes["collagen"], ring_width_px=config.collagen.ring_width_px
+            )
             cells_df = cells_df.merge(per_cell, on="cell_id", how="left")
 
     if extras:
-        extras["qc"] = readout_overlays(image, extras, config)
+        extras["qc"] = draw_readout_overlays(planes, extras)
     cells_df.insert(0, "image", name)
     spots_df = spots_df.reset_index(drop=True)
     if "spot_id" not in spots_df.columns:
@@ -271,8 +238,9 @@ def analyze_image(
     spots_df.insert(0, "image", name)
     if condition is not None:
         cells_df.insert(1, "condition", condition)
-
-    result = AnalysisResult(
+    timings["total"] = time.perf_counter() - t0
+    step("measured", 1.0)
+    return AnalysisResult(
         image=name,
         cells_labels=cells_lab,
         nuclei_labels=nuc_lab,
@@ -293,9 +261,66 @@ def analyze_image(
         extras={**extras, "readouts": readouts},
         exo_image=exo_m,
     )
+
+
+def analyze_image(
+    image: ImageData | str | Path,
+    config: AssayConfig,
+    labels: np.ndarray | str | Path | None = None,
+    *,
+    nuclei: np.ndarray | str | Path | None = None,
+    condition: str | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    spots_table: pd.DataFrame | None = None,
+) -> AnalysisResult:
+    """Analyse one ``(C, Z, Y, X)`` image: :func:`measure_image`, then :func:`finalize` on it
+    alone (a run of one image).
+
+    Parameters
+    ----------
+    image : ImageData or path
+        The image (a path is read with :func:`napari_exouptake.io.read_image`).
+    config : AssayConfig
+    labels : (Y, X) or (Z, Y, X) int ndarray or path, optional
+        Cell labels to use instead of segmenting (0 = background).
+    nuclei : int ndarray or path, optional
+        Nucleus labels to go with ``labels`` (enables nuclear/cytoplasmic readouts).
+    condition : str, optional
+        Experimental condition (else from ``config.conditions``).
+    name : str, optional
+        Image name for the tables (default: the file's stem).
+    progress : callable(fraction, message), optional
+        See :mod:`napari_exouptake.progress`; segmentation takes the first half.
+    cancel : callable() -> bool, optional
+        Checked between stages (and inside segmentation); when it returns True the analysis
+        stops with :class:`napari_exouptake.progress.Cancelled`.
+    spots_table : pandas.DataFrame, optional
+        The puncta of this image's exosome channel, already detected with
+        ``spots.detect_spots_from_config(exosome channel, config.spots)`` (the napari widget's
+        preview cache); used instead of detecting again.
+
+    Returns
+    -------
+    AnalysisResult
+        Positivity here uses this image alone for ``auto``/``control`` rules (a ``control``
+        rule without control cells records ``positivity_pending``); a run over several images
+        measures each with :func:`measure_image` and calls :func:`finalize` once on them all.
+    """
+    result = measure_image(
+        image,
+        config,
+        labels,
+        nuclei=nuclei,
+        condition=condition,
+        name=name,
+        progress=progress,
+        cancel=cancel,
+        spots_table=spots_table,
+    )
     [result] = finalize([result], config, pending_control_ok=True)
-    timings["total"] = time.perf_counter() - t0
-    step("done", 1.0)
+    report(progress, 1.0, "done")
     return result
 
 
@@ -521,46 +546,6 @@ def finalize(
     return out
 
 
-def readout_overlays(
-    image: ImageData, result: AnalysisResult | dict, config: AssayConfig
-) -> dict[str, np.ndarray]:
-    """QC pictures of the image-level readouts of ``result`` (or of its ``extras`` dict).
-
-    Returns
-    -------
-    dict of str to (Y, X, 3) uint8 ndarray
-        ``"tubes"`` (skeleton, nodes, meshes) and/or ``"collagen"`` (orientation colour map and
-        fibre centre lines), for the readouts the config enabled.
-    """
-    extras = result if isinstance(result, dict) else result.extras
-    out: dict[str, np.ndarray] = {}
-    if "tubes" in extras and config.tubes is not None:
-        from .tubes import tube_overlay
-
-        idx = resolve_channel(config.tubes.channel, image.channel_names, "tubes.channel")
-        out["tubes"] = tube_overlay(_plane2d(image, idx), extras["tubes"])
-    if "collagen" in extras and config.collagen is not None:
-        from .collagen import collagen_overlay
-
-        idx = resolve_channel(config.collagen.channel, image.channel_names, "collagen.channel")
-        out["collagen"] = collagen_overlay(_plane2d(image, idx), extras["collagen"])
-    return out
-
-
-def write_readout_overlays(result: AnalysisResult, qc_dir: Path) -> list[Path]:
-    """Write ``qc/<image>_tubes.png`` / ``qc/<image>_collagen.png`` (the readouts' QC pictures
-    made by :func:`analyze_image`)."""
-    import imageio.v3 as iio
-
-    paths = []
-    for kind, rgb in result.extras.get("qc", {}).items():
-        qc_dir.mkdir(parents=True, exist_ok=True)
-        path = qc_dir / f"{result.image}_{kind}.png"
-        iio.imwrite(path, rgb)
-        paths.append(path)
-    return paths
-
-
 #: image-level readouts shown first (napari widget, demo): key -> label
 KEY_READOUTS = {
     "tube_total_length_um": "tube total length",
@@ -572,11 +557,6 @@ KEY_READOUTS = {
     "collagen_mean_angle_deg": "collagen mean angle (deg)",
     "collagen_mean_fibre_length": "mean fibre length",
 }
-
-
-def images_table(results: Sequence[AnalysisResult]) -> pd.DataFrame:
-    """``images.csv``: one row per image."""
-    return pd.DataFrame([r.summary for r in results])
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -594,11 +574,6 @@ def _channel_float(image: ImageData, index: int | None, role: str) -> np.ndarray
     return arr
 
 
-def _plane2d(image: ImageData, index: int) -> np.ndarray:
-    arr = np.asarray(image.channel(index), dtype=np.float32)
-    return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
-
-
 def _as_labels(labels: np.ndarray | str | Path, image: ImageData, what: str) -> np.ndarray:
     arr = read_labels(labels) if isinstance(labels, (str, Path)) else np.asarray(labels)
     if arr.dtype.kind not in "iu":
@@ -612,214 +587,3 @@ def _as_labels(labels: np.ndarray | str | Path, image: ImageData, what: str) -> 
         f"{what} have shape {arr.shape} but the image {image.name!r} is "
         f"{'(Z, Y, X) ' if z > 1 else ''}{(z, y, x) if z > 1 else (y, x)}"
     )
-
-
-# -- outputs -----------------------------------------------------------------------------------
-
-
-def qc_overlay(result: AnalysisResult, max_side: int = 1024) -> np.ndarray:
-    """QC picture: exosome channel (gray), cell outlines (cyan), nuclei (blue), puncta (red
-    inside cells, yellow outside). Images smaller than 768 px are enlarged by pixel repetition.
-
-    Returns
-    -------
-    (Y, X, 3) uint8 ndarray
-    """
-    from skimage.segmentation import find_boundaries
-
-    exo = result.exo_image
-    labels = result.cells_labels
-    if exo is None:
-        raise ValueError("result carries no exosome image")
-    if exo.ndim == 3:
-        exo = exo.max(axis=0)
-    lab = labels.max(axis=0) if labels.ndim == 3 else labels
-    lo, hi = np.percentile(exo, [1.0, 99.8])
-    gray = np.clip((exo - lo) / max(hi - lo, 1e-9), 0, 1)
-    rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
-    if result.nuclei_labels is not None:
-        nuc = result.nuclei_labels
-        nuc = nuc.max(axis=0) if nuc.ndim == 3 else nuc
-        rgb[find_boundaries(nuc, mode="inner")] = (60, 90, 255)
-    rgb[find_boundaries(lab, mode="inner")] = (0, 230, 230)
-    s = result.spots
-    if len(s):
-        yy = np.clip(np.round(s["y"].to_numpy()).astype(int), 0, lab.shape[0] - 1)
-        xx = np.clip(np.round(s["x"].to_numpy()).astype(int), 0, lab.shape[1] - 1)
-        # a small ring of radius 3 around each punctum, vectorised over puncta
-        ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-        ry = np.clip(np.round(yy[:, None] + 3 * np.sin(ang)).astype(int), 0, lab.shape[0] - 1)
-        rx = np.clip(np.round(xx[:, None] + 3 * np.cos(ang)).astype(int), 0, lab.shape[1] - 1)
-        inside = s["cell_id"].to_numpy() > 0 if "cell_id" in s else np.ones(len(s), bool)
-        colour = np.where(inside[:, None], np.array([[255, 40, 40]]), np.array([[255, 200, 0]]))
-        rgb[ry, rx] = np.repeat(colour, ry.shape[1], axis=0).reshape(ry.shape + (3,))
-    scale = max(1, min(4, 768 // max(rgb.shape[:2])))  # small images: enlarge for reading
-    if scale > 1:
-        rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
-    return rgb
-
-
-def write_outputs(
-    results: Sequence[AnalysisResult],
-    out_dir: str | Path,
-    config: AssayConfig,
-    *,
-    overlays: bool = True,
-    extra_run_info: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Write ``cells``, ``spots``, ``images`` tables, label TIFFs, QC PNGs and ``run.json``."""
-
-    out = Path(out_dir)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    cells = pd.concat([r.cells for r in results], ignore_index=True) if results else pd.DataFrame()
-    spots_df = (
-        pd.concat([r.spots for r in results], ignore_index=True) if results else pd.DataFrame()
-    )
-    images = images_table(results)
-    paths: dict[str, Path] = {}
-    paths["cells"] = write_table(cells, out / "cells")[0]
-    paths["spots"] = write_table(spots_df, out / "spots")[0]
-    paths["images"] = write_table(images, out / "images")[0]
-    from ._columns import write_columns_doc
-
-    paths["columns"] = write_columns_doc(out, {"cells": cells, "spots": spots_df, "images": images})
-    from ._qc import run_contrast
-
-    contrast = run_contrast(r.exo_image for r in results if r.exo_image is not None)
-    for r in results:
-        if r.exo_image is not None:  # None: image-level readouts only, no cells
-            write_labels(out / "labels" / f"{r.image}_cells.tif", _squeeze(r.cells_labels))
-        if r.nuclei_labels is not None:
-            write_labels(out / "labels" / f"{r.image}_nuclei.tif", _squeeze(r.nuclei_labels))
-        if overlays and r.exo_image is not None:
-            write_qc(out / "qc" / f"{r.image}_overlay.png", r, contrast)
-        if overlays:
-            write_readout_overlays(r, out / "qc")
-    run = run_info(config, results)
-    if extra_run_info:
-        run.update(extra_run_info)
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=json_default))
-    paths["run"] = out / "run.json"
-    return paths
-
-
-def qc_title(image: str, condition: str | None, cells: pd.DataFrame) -> str:
-    """Title of a QC overlay: image, condition, cells and % EV-positive."""
-    n = len(cells)
-    pct = 100.0 * float(cells["exo_positive"].mean()) if n and "exo_positive" in cells else None
-    return " · ".join(
-        [image]
-        + ([str(condition)] if condition else [])
-        + [f"{n} cells"]
-        + ([f"{pct:.0f} % EV-positive"] if pct is not None else [])
-    )
-
-
-def write_qc(
-    path: Path,
-    result: AnalysisResult,
-    contrast: tuple[float, float] | None,
-    *,
-    exo: np.ndarray | None = None,
-    cells_labels: np.ndarray | None = None,
-    nuclei_labels: np.ndarray | None = None,
-) -> Path:
-    """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`)."""
-    from ._qc import draw_overlay, write_qc_png
-
-    cells = result.cells
-    nuclei_labels = result.nuclei_labels if nuclei_labels is None else nuclei_labels
-    pos = (
-        cells.loc[cells["exo_positive"].astype(bool), "cell_id"] if "exo_positive" in cells else []
-    )
-    rgb = draw_overlay(
-        result.exo_image if exo is None else exo,
-        result.cells_labels if cells_labels is None else cells_labels,
-        nuclei_labels,
-        result.spots,
-        np.asarray(pos, dtype=np.int64),
-        contrast,
-    )
-    return write_qc_png(
-        path,
-        rgb,
-        title=qc_title(result.image, result.condition, cells),
-        pixel_size_um=result.provenance.get("pixel_size_um"),
-        contrast=contrast,
-        with_nuclei=nuclei_labels is not None,
-    )
-
-
-def _squeeze(labels: np.ndarray) -> np.ndarray:
-    return labels[0] if labels.ndim == 3 and labels.shape[0] == 1 else labels
-
-
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in (
-        "napari-exouptake",
-        "numpy",
-        "scipy",
-        "scikit-image",
-        "pandas",
-        "cellpose",
-        "torch",
-        "tifffile",
-    ):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def run_info(config: AssayConfig, results: Sequence[AnalysisResult]) -> dict[str, Any]:
-    """Provenance for ``run.json``: config, versions, model identity, device, timings."""
-    return {
-        "config": config.to_dict(),
-        "config_sha256": config_hash(config),
-        "versions": package_versions(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "thresholds": results[0].thresholds if results else {},
-        # per readout: rule, metric, cut-off, which cells it was fitted on, warnings
-        "positivity": results[0].extras.get("positivity", {}) if results else {},
-        "images": {r.image: r.provenance for r in results},
-    }
-
-
-# -- demo --------------------------------------------------------------------------------------
-
-
-def sample_data_dir() -> Path:
-    """Folder of the bundled sample dataset (simulator output layout)."""
-    return Path(__file__).parent / "sample_data"
-
-
-def condition_summary(results: Sequence[AnalysisResult], config: AssayConfig) -> pd.DataFrame:
-    """Per-condition summary: images, cells, mean puncta per cell, % EV- and marker-positive."""
-    cells = pd.concat([r.cells for r in results], ignore_index=True)
-    if "condition" not in cells.columns:
-        cells["condition"] = "all"
-    agg: dict[str, Any] = {
-        "images": ("image", "nunique"),
-        "cells": ("cell_id", "size"),
-        "mean_puncta_per_cell": ("exo_spot_count", "mean"),
-        "pct_ev_positive": ("exo_positive", lambda s: 100.0 * s.mean()),
-    }
-    for m in _marker_names(config):
-        agg[f"pct_{m}_positive"] = (f"{m}_positive", lambda s: 100.0 * s.mean())
-    table = cells.groupby("condition", sort=False).agg(**agg)
-    return table.round(2)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_RADIUS_PX
+
 __all__ = [
     "ChannelSource",
     "cells_features",
@@ -160,7 +162,7 @@ def points_layer_data(
     *,
     name: str,
     ndim: int = 2,
-    radius_px: float = 1.8,
+    radius_px: float = DEFAULT_RADIUS_PX,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     metadata: dict | None = None,

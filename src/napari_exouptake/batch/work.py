@@ -85,7 +85,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
 
 def _analyze_file(task: _Task) -> dict[str, Any]:
     from ..io import write_labels
-    from ..pipeline import analyze_image, write_readout_overlays
+    from ..pipeline import measure_image, write_readout_overlays
 
     out = Path(task.out)
     parts = out / "parts"
@@ -99,7 +99,7 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             base = unit.name if unit.z is None else unit.name.rsplit("_z", 1)[0]
             lab = source.get(unit, base, "cells")
             nuc = source.get(unit, base, "nuclei") if lab is not None else None
-            res = analyze_image(unit.image, task.config, labels=lab, nuclei=nuc, name=unit.name)
+            res = measure_image(unit.image, task.config, labels=lab, nuclei=nuc, name=unit.name)
             cells = res.cells.drop(columns=["condition"], errors="ignore")
             cells_frames.append(cells)
             spots_frames.append(res.spots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +12,10 @@ from ..batch import refresh_report
 from ..config import load_config
 from ..logs import log_to_file
 from ..pipeline import (
-    analyze_image,
     condition_summary,
     finalize,
     images_table,
+    measure_image,
     sample_data_dir,
     write_outputs,
 )
@@ -42,7 +43,7 @@ def run_demo(out: str | Path = "exouptake_demo") -> int:
     with log_to_file(out / "exouptake.log"):  # Cellpose and torch messages go to the log
         for i, path in enumerate(images, 1):
             t = time.perf_counter()
-            r = analyze_image(path, config)
+            r = measure_image(path, config)  # positivity: once, over the run
             results.append(r)
             dev = r.provenance["segmentation"].get("device", "-")
             print(
@@ -50,9 +51,9 @@ def run_demo(out: str | Path = "exouptake_demo") -> int:
                 f"({time.perf_counter() - t:.1f} s, {dev})"
             )
         results = finalize(results, config)
-        for r in results:  # dose for the report's ordering and dose-response plot
-            row = doses.get(r.image, {})
-            r.summary.update({k: row[k] for k in ("dose", "dose_unit") if k in row})
+        results = [  # dose for the report's ordering and dose-response plot
+            replace(r, summary={**r.summary, **_dose(doses.get(r.image, {}))}) for r in results
+        ]
         write_outputs(results, out, config)
         report = refresh_report(out)
     table = condition_summary(results, config)
@@ -70,3 +71,8 @@ def run_demo(out: str | Path = "exouptake_demo") -> int:
     if report is not None:
         print(f"open the report in a web browser: {report.resolve().as_uri()}")
     return 0
+
+
+def _dose(row: dict) -> dict:
+    """The ``dose`` and ``dose_unit`` of an image's row of ``conditions.csv`` (those it has)."""
+    return {k: row[k] for k in ("dose", "dose_unit") if k in row}

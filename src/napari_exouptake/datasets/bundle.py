@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..results import squeeze_plane
 from .safety import _read_checksums, _sha256, _walk, safe_extract
 from .schema import (
     ANALYSIS_LABELS_DIR,
@@ -404,14 +405,14 @@ def analyze_bundle(bundle: Bundle, *, progress: Progress | None = None) -> list:
     list of AnalysisResult
         After :func:`napari_exouptake.pipeline.finalize` over the whole bundle.
     """
-    from ..pipeline import analyze_image, finalize
+    from ..pipeline import finalize, measure_image
 
     config = bundle.config
     results = []
     for i, (name, path) in enumerate(bundle.image_paths.items(), 1):  # one image per iteration
         cells, nuclei = bundle.analysis_labels(name)
         try:
-            r = analyze_image(path, config, labels=cells, nuclei=nuclei, name=name)
+            r = measure_image(path, config, labels=cells, nuclei=nuclei, name=name)
         except Exception as exc:
             if type(exc).__name__ == "ModelNotAvailableError":
                 raise DatasetError(
@@ -489,7 +490,7 @@ def validate_bundle(
     try:
         results = analyze_bundle(bundle, progress=progress)
         given = bundle.analysis_labels_mode != "segmentation"
-        labels = None if given else {r.image: _squeeze(r.cells_labels) for r in results}
+        labels = None if given else {r.image: squeeze_plane(r.cells_labels) for r in results}
         current = RunTables(
             cells=pd.concat([r.cells for r in results], ignore_index=True),
             images=pd.DataFrame([r.summary for r in results]),
@@ -516,7 +517,3 @@ def validate_bundle(
     finally:
         if not isinstance(path, Bundle):
             bundle.close()
-
-
-def _squeeze(labels: np.ndarray) -> np.ndarray:
-    return labels[0] if labels.ndim == 3 and labels.shape[0] == 1 else labels

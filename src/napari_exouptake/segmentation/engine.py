@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..config import AssayConfig
     from ..io import ImageData
+from ..progress import Cancel, Cancelled, Progress, report
 from .device import _empty_cuda_cache, _is_oom, _set_threads, resolve_device
 from .labels import _expand, _median_diameter, map_nuclei_to_cells
 from .models import (
@@ -33,8 +33,9 @@ from .models import (
 logger = logging.getLogger("napari_exouptake.segmentation")
 
 
-class SegmentationCancelled(RuntimeError):
-    """Raised when the ``cancel`` callback of :func:`segment` returns True."""
+class SegmentationCancelled(Cancelled):
+    """Raised when the ``cancel`` callback of :func:`segment` returns True (a
+    :class:`napari_exouptake.progress.Cancelled`, which every long call raises)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -282,8 +283,8 @@ def segment(
     image: ImageData,
     config: AssayConfig,
     *,
-    progress: Callable[[float, str], Any] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
 ) -> Segmentation:
     """Segment cells (and nuclei) of one image with Cellpose.
 
@@ -307,10 +308,11 @@ def segment(
 
         z-stacks: ``do_3d`` (3D flows) or 2D per plane stitched at ``stitch_threshold``
         (0.5 when neither is set).
-    progress : callable, optional
-        ``progress(fraction_done, message)``.
-    cancel : callable, optional
-        Polled between steps; when it returns True, :class:`SegmentationCancelled` is raised.
+    progress : callable(fraction, message), optional
+        See :mod:`napari_exouptake.progress`.
+    cancel : callable() -> bool, optional
+        Polled between steps; when it returns True, :class:`SegmentationCancelled` (a
+        :class:`~napari_exouptake.progress.Cancelled`) is raised.
 
     Returns
     -------
@@ -383,8 +385,7 @@ def segment(
     def tick(msg: str) -> None:
         nonlocal done
         done += 1
-        if progress is not None:
-            progress(min(1.0, done / max(n_steps, 1)), msg)
+        report(progress, done / max(n_steps, 1), msg)
 
     def check_cancel() -> None:
         if cancel is not None and cancel():

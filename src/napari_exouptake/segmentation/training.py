@@ -6,12 +6,12 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..progress import Cancel, Cancelled, Progress, report
 from .device import _set_threads, resolve_device
 from .labels import _median_diameter
 from .models import require_cellpose, resolve_model
@@ -160,7 +160,8 @@ def train_model(
     checkpoint: str | Path | None = None,
     checkpoint_every_s: float = 120.0,
     device: str = "auto",
-    progress: Callable[[int, int, float], Any] | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
 ) -> Path:
     """Train (or fine-tune) a Cellpose 3 style network on image and label folders.
 
@@ -207,8 +208,13 @@ def train_model(
         Written every ``checkpoint_every_s`` seconds; an existing one is resumed.
     device : str
         See :func:`resolve_device`.
-    progress : callable, optional
-        ``progress(step, n_steps, loss)`` after every step.
+    progress : callable(fraction, message), optional
+        After every step: the fraction of the schedule done and ``"step 12/400, loss 0.4321"``
+        (see :mod:`napari_exouptake.progress`).
+    cancel : callable() -> bool, optional
+        Polled after every step; when it returns True the weights and the checkpoint are saved
+        (so the run resumes from there) and :class:`~napari_exouptake.progress.Cancelled` is
+        raised.
 
     Returns
     -------
@@ -326,8 +332,7 @@ def train_model(
         opt.step()
         step += 1
         lavg.append(float(loss.item()))
-        if progress is not None:
-            progress(step, n_steps, lavg[-1])
+        report(progress, frac_done(), f"step {step}/{n_steps}, loss {lavg[-1]:.4f}")
         if step % 20 == 0:
             logger.info(
                 "step %d/%d loss %.4f lr %.5f elapsed %.0f s",
@@ -338,6 +343,10 @@ def train_model(
                 elapsed0 + time.time() - t_start,
             )
             lavg = []
+        if cancel is not None and cancel():
+            save_ckpt()
+            _save_fp16(net.state_dict(), out_path)
+            raise Cancelled(f"training cancelled at step {step}/{n_steps}")
         if time.time() - last_ckpt > checkpoint_every_s:
             save_ckpt()
             _save_fp16(net.state_dict(), out_path)

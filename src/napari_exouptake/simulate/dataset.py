@@ -23,6 +23,8 @@ def _config_yaml(
     diameter: float,
     conditions: Sequence[str],
 ) -> str:
+    from ..config import DEFAULT_RADIUS_PX
+
     lines = [
         "# Assay config for a simulated napari-exouptake dataset (exouptake simulate).",
         "channels:",
@@ -46,7 +48,7 @@ def _config_yaml(
         "  model: demo-cells",
         f"  diameter_px: {diameter:g}",
         "spots:",
-        "  radius_px: 1.8",
+        f"  radius_px: {DEFAULT_RADIUS_PX:g}",
         "  threshold: auto",
         "positivity:",
         "  control_condition: dye_only",

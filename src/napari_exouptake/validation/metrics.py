@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..results import squeeze_plane
 from ..spots import MatchCounts, match_spots
 
 log = logging.getLogger(__name__)
@@ -281,8 +282,7 @@ def _get_labels(source: LabelSource | None, name: str) -> np.ndarray | None:
         from ..io import read_labels
 
         lab = read_labels(lab)
-    lab = np.asarray(lab)
-    return lab[0] if lab.ndim == 3 and lab.shape[0] == 1 else lab
+    return squeeze_plane(np.asarray(lab))
 
 
 def accuracy_against_truth(
