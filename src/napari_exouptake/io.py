@@ -38,6 +38,7 @@ __all__ = [
     "ImageData",
     "ImageReadError",
     "ImageTooLargeError",
+    "clean_axes",
     "atomic_write",
     "check_pixel_count",
     "from_array",
@@ -442,7 +443,7 @@ def _read_tiff_inner(path: Path, axes: str | None, lazy: bool | None = None) -> 
             if len(tif.series) > 1:
                 meta["n_series"] = len(tif.series)
     if axes is None:
-        axes = _clean_axes(file_axes, data.shape, path)
+        axes = clean_axes(file_axes, data.shape, path)
     elif len(axes) != data.ndim:
         raise ImageReadError(
             f"{path}: axes {axes!r} has {len(axes)} letters but the image has {data.ndim} "
@@ -486,19 +487,9 @@ def _check_complete(tif, path: Path) -> None:
             )
 
 
-def _clean_axes(file_axes: str, shape: tuple[int, ...], path: Path) -> str:
+def clean_axes(file_axes: str, shape: tuple[int, ...], path: Path) -> str:
     """Map tifffile's axis letters onto T, C, Z, Y, X (+S)."""
-    out = []
-    unknown = "IQ"
-    for i, a in enumerate(file_axes):
-        if a in "TCZYXS":
-            out.append(a)
-        elif a in unknown or a in "R":
-            out.append("?")
-        else:
-            out.append("?")
-        del i
-    letters = "".join(out)
+    letters = "".join(a if a in "TCZYXS" else "?" for a in file_axes)
     # resolve unknown leading axes: first unknown becomes C or Z by size, then the other
     while "?" in letters:
         i = letters.index("?")

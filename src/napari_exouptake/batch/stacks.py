@@ -43,8 +43,7 @@ def _read_series(path: Path, series: int, axes: str | None, first):
         data = s.asarray()
         file_axes = s.axes
     if axes is None:
-        clean = getattr(io, "_clean_axes", None)
-        axes = clean(file_axes, data.shape, path) if clean else file_axes
+        axes = io.clean_axes(file_axes, data.shape, path)
     img = io.from_array(data, axes, None, first.pixel_size_um, first.z_step_um, path)
     if img.n_channels == first.n_channels:
         img = replace(img, channel_names=first.channel_names)
