@@ -2,8 +2,9 @@
 
 * No import cycle between the top-level modules and packages of ``napari_exouptake``
   (imports inside functions count: a lazy import still ties two rooms together).
-* No private name (``_x``) imported from another top-level module or package; share through a
-  public helper instead. Importing a private *module* (``from . import _numba``) is fine, and
+* No private name (``_x``) imported from another top-level module or package, nor reached
+  through a module of another one (``io._x``, ``getattr(io, "_x")``); share through a public
+  helper instead. Importing a private *module* (``from . import _numba``) is fine, and
   so is anything inside one package (``segmentation.engine`` using ``segmentation.device``).
 * ``docs/architecture.md`` names every module of the package in its module table, and only
   modules that exist.
@@ -151,6 +152,55 @@ def _private_imports() -> list[tuple[str, str, str]]:
     return found
 
 
+def _module_aliases(name: str) -> dict[str, str]:
+    """Local names a module binds to modules of the package (``from .. import io`` -> io)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = name if _is_package(name) else name.rpartition(".")[0]
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".") if package else []
+            if node.level > 1:
+                base = base[: len(base) - (node.level - 1)]
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:
+                sub = f"{target}.{alias.name}" if target else alias.name
+                if sub in MODULES:
+                    out[alias.asname or alias.name] = sub
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name.startswith(PKG + "."):
+                    out[alias.asname] = alias.name[len(PKG) + 1 :]
+    return out
+
+
+def _private_attribute_uses() -> list[str]:
+    """``module._x`` or ``getattr(module, "_x")`` on a module of another unit, per offence."""
+    found = []
+    for name, path in MODULES.items():
+        aliases = {a: m for a, m in _module_aliases(name).items() if _unit(m) != _unit(name)}
+        if not aliases:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            owner = attr = None
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                owner, attr = node.value.id, node.attr
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Name)
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
+                owner, attr = node.args[0].id, node.args[1].value
+            if owner in aliases and attr.startswith("_") and not attr.startswith("__"):
+                found.append(f"{name}:{node.lineno} uses {aliases[owner]}.{attr}")
+    return found
+
+
 def _is_core(name: str) -> bool:
     return _unit(name) not in FACES
 
@@ -168,6 +218,11 @@ def test_import_reader_resolves_relative_and_private_modules():
     assert {t for t, n, _ in _imports("commands.train")} >= {"segmentation.training"}
 
 
+def test_private_attribute_finder_sees_module_aliases():
+    # batch/stacks.py binds ``io`` with ``from .. import io``
+    assert _module_aliases("batch.stacks").get("io") == "io"
+
+
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
@@ -182,6 +237,10 @@ def test_no_import_cycle_between_top_level_modules():
 
 def test_no_private_name_imported_across_modules():
     assert [w for _, _, w in _private_imports()] == []
+
+
+def test_no_private_name_reached_through_another_units_module():
+    assert _private_attribute_uses() == []
 
 
 def test_core_modules_name_no_face_in_their_source():
