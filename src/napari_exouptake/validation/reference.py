@@ -282,22 +282,46 @@ def compare_results(
         when both have label images.
     """
     tolerances = DEFAULT_TOLERANCES if tolerances is None else tolerances
-    out: list[MetricComparison] = []
     ref_img = reference.images.assign(image=reference.images["image"].astype(str))
     new_img = current.images.assign(image=current.images["image"].astype(str))
     images = list(ref_img["image"])
     missing_images = sorted(set(images) - set(new_img["image"]))
-    if missing_images:
+    present = [n for n in images if n not in missing_images]
+    out = _compare_images(ref_img, new_img, missing_images, tolerances)
+    nc = current.cells.assign(image=current.cells["image"].astype(str))
+    rc = reference.cells.assign(image=reference.cells["image"].astype(str))
+    cur = RunTables(nc, new_img, current.spots, current.labels)
+    ref = RunTables(rc, ref_img, reference.spots, reference.labels)
+    out += _compare_cells(cur, ref, present, tolerances)
+    if reference.spots is not None and current.spots is not None:
+        out.append(_compare_spots(current.spots, reference.spots, tolerances))
+    if reference.labels is not None and current.labels is not None:
+        out += _compare_segmentation(current.labels, reference.labels, present, tolerances)
+    return out
+
+
+def _missing(metric: str, n: int, tol: Tolerance, detail: str) -> MetricComparison:
+    """A metric the re-run cannot be compared on (an image or a column it lacks)."""
+    return MetricComparison(metric, n, 0, float("nan"), None, tol, False, detail)
+
+
+def _compare_images(
+    ref_img: pd.DataFrame, new_img: pd.DataFrame, missing: list[str], tolerances: Mapping
+) -> list[MetricComparison]:
+    """``images.*``: every numeric column of the reference's images table, image by image."""
+    images = list(ref_img["image"])
+    out = []
+    if missing:
         out.append(
             MetricComparison(
                 "images.image",
                 len(images),
-                len(images) - len(missing_images),
+                len(images) - len(missing),
                 float("nan"),
                 None,
                 Tolerance(),
                 False,
-                f"missing from the re-run: {', '.join(missing_images[:5])}",
+                f"missing from the re-run: {', '.join(missing[:5])}",
             )
         )
     merged = ref_img.merge(new_img, on="image", how="inner", suffixes=("_ref", "_new"))
@@ -309,18 +333,7 @@ def compare_results(
         metric = f"images.{col}"
         tol = resolve_tolerance(metric, tolerances)
         if col not in new_img.columns:
-            out.append(
-                MetricComparison(
-                    metric,
-                    len(images),
-                    0,
-                    float("nan"),
-                    None,
-                    tol,
-                    False,
-                    "column missing from the re-run",
-                )
-            )
+            out.append(_missing(metric, len(images), tol, "column missing from the re-run"))
             continue
         out.append(
             _compare_values(
@@ -329,16 +342,18 @@ def compare_results(
                 merged[f"{col}_new"].to_numpy(),
                 [f"image {n}" for n in merged["image"]],
                 tol,
-                n_missing=len(missing_images),
+                n_missing=len(missing),
             )
         )
+    return out
 
-    # -- per cell ----------------------------------------------------------------------------
-    rc = reference.cells.assign(image=reference.cells["image"].astype(str))
-    nc = current.cells.assign(image=current.cells["image"].astype(str))
-    present = [n for n in images if n not in missing_images]
-    cur = RunTables(nc, new_img, current.spots, current.labels)
-    ref = RunTables(rc, ref_img, reference.spots, reference.labels)
+
+def _compare_cells(
+    cur: RunTables, ref: RunTables, present: list[str], tolerances: Mapping
+) -> list[MetricComparison]:
+    """``cells.*``: every numeric column over cells matched by label overlap (or ``cell_id``);
+    reference cells without a match count as disagreeing values."""
+    rc, nc = ref.cells, cur.cells
     pairs = _cell_pairs(cur, ref, present)
     cm = pairs.merge(rc, left_on=["image", "ref_id"], right_on=["image", "cell_id"]).merge(
         nc, left_on=["image", "new_id"], right_on=["image", "cell_id"], suffixes=("_ref", "_new")
@@ -346,6 +361,7 @@ def compare_results(
     n_ref_cells = int(len(rc))
     unmatched = n_ref_cells - len(cm)
     where = [f"image {i} cell {c}" for i, c in zip(cm["image"], cm["ref_id"], strict=True)]
+    out = []
     for col in _numeric_columns(rc, nc):
         if col in ("centroid_y", "centroid_x", "centroid_z"):
             continue  # checked through the label overlap
@@ -361,73 +377,61 @@ def compare_results(
                 n_missing=unmatched,
             )
         )
-    missing_cols = [c for c in _numeric_columns(rc, rc) if c not in nc.columns]
-    for col in missing_cols:
+    for col in [c for c in _numeric_columns(rc, rc) if c not in nc.columns]:
         metric = f"cells.{col}"
-        out.append(
-            MetricComparison(
-                metric,
-                n_ref_cells,
-                0,
-                float("nan"),
-                None,
-                resolve_tolerance(metric, tolerances),
-                False,
-                "column missing from the re-run",
-            )
-        )
-
-    # -- puncta ------------------------------------------------------------------------------
-    if reference.spots is not None and current.spots is not None:
-        acc = spot_accuracy(current.spots, reference.spots, max_dist=REFERENCE_SPOT_MATCH_PX)
-        pooled = acc.iloc[-1]
-        tol = resolve_tolerance("spots.f1", tolerances)
-        f1 = float(pooled["f1"])
-        per = acc.iloc[:-1]
-        worst = per.loc[per["f1"].idxmin()] if len(per) else None
-        detail = f"{int(pooled['fp'])} new, {int(pooled['fn'])} lost puncta" + (
-            f"; worst image {worst['image']} (F1 {worst['f1']:.3f})"
-            if worst is not None and worst["f1"] < 1
-            else ""
-        )
-        out.append(
-            MetricComparison(
-                "spots.f1",
-                1,
-                int(f1 >= (tol.min or 1.0)),
-                float("nan"),
-                f1,
-                tol,
-                f1 >= (tol.min if tol.min is not None else 1.0),
-                detail,
-            )
-        )
-
-    # -- segmentation ------------------------------------------------------------------------
-    if reference.labels is not None and current.labels is not None:
-        aps = {}
-        for name in present:  # one IoU table per image
-            rl, nl = _get_labels(reference.labels, name), _get_labels(current.labels, name)
-            if rl is not None and nl is not None and rl.shape == nl.shape:
-                aps[name] = match_labels(rl, nl, 0.5).ap
-        if aps:
-            tol = resolve_tolerance("segmentation.ap50", tolerances)
-            score = float(np.mean(list(aps.values())))
-            worst_name = min(aps, key=aps.get)
-            need = tol.min if tol.min is not None else 1.0
-            out.append(
-                MetricComparison(
-                    "segmentation.ap50",
-                    1,
-                    int(score >= need),
-                    float("nan"),
-                    score,
-                    tol,
-                    score >= need,
-                    f"worst image {worst_name} (AP {aps[worst_name]:.3f})",
-                )
-            )
+        tol = resolve_tolerance(metric, tolerances)
+        out.append(_missing(metric, n_ref_cells, tol, "column missing from the re-run"))
     return out
+
+
+def _compare_spots(
+    current: pd.DataFrame, reference: pd.DataFrame, tolerances: Mapping
+) -> MetricComparison:
+    """``spots.f1``: puncta of the two runs matched within ``REFERENCE_SPOT_MATCH_PX``."""
+    acc = spot_accuracy(current, reference, max_dist=REFERENCE_SPOT_MATCH_PX)
+    pooled = acc.iloc[-1]
+    tol = resolve_tolerance("spots.f1", tolerances)
+    f1 = float(pooled["f1"])
+    per = acc.iloc[:-1]
+    worst = per.loc[per["f1"].idxmin()] if len(per) else None
+    detail = f"{int(pooled['fp'])} new, {int(pooled['fn'])} lost puncta" + (
+        f"; worst image {worst['image']} (F1 {worst['f1']:.3f})"
+        if worst is not None and worst["f1"] < 1
+        else ""
+    )
+    ok = f1 >= (tol.min if tol.min is not None else 1.0)
+    return MetricComparison(
+        "spots.f1", 1, int(f1 >= (tol.min or 1.0)), float("nan"), f1, tol, ok, detail
+    )
+
+
+def _compare_segmentation(
+    current: LabelSource, reference: LabelSource, present: list[str], tolerances: Mapping
+) -> list[MetricComparison]:
+    """``segmentation.ap50``: mean AP at IoU 0.5 of the two runs' cell labels."""
+    aps = {}
+    for name in present:  # one IoU table per image
+        rl, nl = _get_labels(reference, name), _get_labels(current, name)
+        if rl is not None and nl is not None and rl.shape == nl.shape:
+            aps[name] = match_labels(rl, nl, 0.5).ap
+    if not aps:
+        return []
+    tol = resolve_tolerance("segmentation.ap50", tolerances)
+    score = float(np.mean(list(aps.values())))
+    worst_name = min(aps, key=aps.get)
+    need = tol.min if tol.min is not None else 1.0
+    return [
+        MetricComparison(
+            "segmentation.ap50",
+            1,
+            int(score >= need),
+            float("nan"),
+            score,
+            tol,
+            score >= need,
+            f"worst image {worst_name} (AP {aps[worst_name]:.3f})",
+        )
+    ]
 
 
 def format_comparisons(comparisons: Sequence[MetricComparison]) -> str:
