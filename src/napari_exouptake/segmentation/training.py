@@ -223,7 +223,7 @@ def train_model(
     """
     require_cellpose()
     import torch
-    from cellpose import dynamics, models, transforms
+    from cellpose import transforms
     from cellpose.train import _loss_fn_seg
 
     out_path = Path(out_path)
@@ -233,14 +233,85 @@ def train_model(
     np.random.seed(seed)  # noqa: NPY002 - cellpose augments with np.random
     torch.manual_seed(seed)
 
+    data, flows, diams = _training_set(
+        images_dir, labels_dir, channels, holdout_fraction, label_suffix
+    )
+    if diam_mean is None:
+        diam_mean = 17.0 if (len(channels) < 2 or channels[1] is None) else 30.0
+    net = _network(diam_mean, from_model, dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+    if n_steps is None:
+        n_steps = max(1, int(np.ceil(n_epochs * len(data) / batch_size)))
+    ckpt = _Checkpoint(ckpt_path, net, opt)
+    step = ckpt.step
+
+    def frac_done() -> float:
+        f = step / n_steps
+        if time_budget_s:
+            f = max(f, ckpt.elapsed() / time_budget_s)
+        return min(1.0, f)
+
+    def save() -> None:
+        ckpt.save(step)
+        _save_fp16(net.state_dict(), out_path)
+
+    last_ckpt = time.time()
+    rng = np.random.default_rng(seed + 1000 * step)
+    np.random.seed(seed + step)  # noqa: NPY002 - cellpose augments with np.random
+    lavg = []
+    while frac_done() < 1.0:
+        lr = _learning_rate(frac_done(), learning_rate)
+        for g in opt.param_groups:
+            g["lr"] = float(lr)  # plain float: the checkpoint loads with weights_only=True
+        inds = rng.integers(0, len(data), size=batch_size)
+        imgi, lbl = transforms.random_rotate_and_resize(
+            [data[i] for i in inds],
+            Y=[flows[i][1:] for i in inds],
+            rescale=diams[inds] / float(diam_mean),
+            scale_range=0.5,
+            xy=(bsize, bsize),
+        )[:2]
+        net.train()
+        loss = _loss_fn_seg(lbl, net(torch.from_numpy(imgi).to(dev))[0], dev)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        lavg.append(float(loss.item()))
+        report(progress, frac_done(), f"step {step}/{n_steps}, loss {lavg[-1]:.4f}")
+        if step % 20 == 0:
+            logger.info(
+                "step %d/%d loss %.4f lr %.5f elapsed %.0f s",
+                step,
+                n_steps,
+                float(np.mean(lavg)),
+                lr,
+                ckpt.elapsed(),
+            )
+            lavg = []
+        if cancel is not None and cancel():
+            save()
+            raise Cancelled(f"training cancelled at step {step}/{n_steps}")
+        if time.time() - last_ckpt > checkpoint_every_s:
+            save()
+            last_ckpt = time.time()
+    save()
+    logger.info("saved %s after %d steps (%.0f s)", out_path, step, ckpt.elapsed())
+    return out_path
+
+
+def _training_set(images_dir, labels_dir, channels, holdout_fraction, label_suffix):
+    """Images (C, Y, X) normalised, their Cellpose flows and median object diameters."""
+    import tifffile
+    import torch
+    from cellpose import dynamics
+
     pairs = find_pairs(Path(images_dir), Path(labels_dir), label_suffix)
     pairs = [p for p in pairs if not holdout_split(p[0], holdout_fraction)]
     if not pairs:
         raise ValueError("no training images left after the hold-out split")
     logger.info("training on %d images: %s", len(pairs), ", ".join(p[0][:12] for p in pairs))
-
-    import tifffile
-
     data, labels = [], []
     for _name, ip, lp in pairs:
         data.append(_read_training_image(ip, channels))
@@ -256,11 +327,15 @@ def train_model(
         time.time() - t0,
         np.round(np.percentile(diams, [0, 50, 100]), 1),
     )
+    return data, flows, diams
 
-    if diam_mean is None:
-        diam_mean = 17.0 if (len(channels) < 2 or channels[1] is None) else 30.0
-    cp = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=diam_mean, nchan=2)
-    net = cp.net
+
+def _network(diam_mean: float, from_model, dev):
+    """A Cellpose 3 network at ``diam_mean`` (random, or the weights of ``from_model``)."""
+    import torch
+    from cellpose import models
+
+    net = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=diam_mean, nchan=2).net
     if from_model is not None:
         rm = resolve_model(str(from_model))
         sd = torch.load(rm.path, map_location="cpu", weights_only=True)
@@ -269,91 +344,52 @@ def train_model(
         )
     net.diam_mean.data = torch.tensor([float(diam_mean)])
     net.diam_labels.data = torch.tensor([float(diam_mean)])
-    net.to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    return net.to(dev)
 
-    if n_steps is None:
-        n_steps = max(1, int(np.ceil(n_epochs * len(data) / batch_size)))
-    step, elapsed0 = 0, 0.0
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed0 = int(ck["step"]), float(ck["elapsed"])
-        logger.info("resumed from %s at step %d (%.0f s)", ckpt_path, step, elapsed0)
 
-    def save_ckpt() -> None:
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save(
-            {
-                "net": net.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "elapsed": elapsed0 + time.time() - t_start,
-            },
-            tmp,
-        )
-        os.replace(tmp, ckpt_path)
+def _learning_rate(f: float, peak: float) -> float:
+    """Linear warm-up over the first 2 % of the schedule, constant to 50 %, then cosine decay
+    to 1 % of ``peak``."""
+    if f < 0.02:
+        return peak * max(f / 0.02, 0.05)
+    if f < 0.5:
+        return peak
+    return float(peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (f - 0.5) / 0.5))))
 
-    def frac_done() -> float:
-        f = step / n_steps
-        if time_budget_s:
-            f = max(f, (elapsed0 + time.time() - t_start) / time_budget_s)
-        return min(1.0, f)
 
-    def lr_at(f: float) -> float:
-        if f < 0.02:
-            return learning_rate * max(f / 0.02, 0.05)
-        if f < 0.5:
-            return learning_rate
-        return float(learning_rate * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * (f - 0.5) / 0.5))))
+class _Checkpoint:
+    """A resumable training state on disk: weights, optimiser, step and time spent so far.
 
-    t_start = time.time()
-    last_ckpt = t_start
-    rng = np.random.default_rng(seed + 1000 * step)
-    np.random.seed(seed + step)  # noqa: NPY002 - cellpose augments with np.random
-    lavg = []
-    while frac_done() < 1.0:
-        lr = lr_at(frac_done())
-        for g in opt.param_groups:
-            g["lr"] = float(lr)  # plain float: the checkpoint loads with weights_only=True
-        inds = rng.integers(0, len(data), size=batch_size)
-        imgs = [data[i] for i in inds]
-        lbls = [flows[i][1:] for i in inds]
-        rsc = diams[inds] / float(diam_mean)
-        imgi, lbl = transforms.random_rotate_and_resize(
-            imgs, Y=lbls, rescale=rsc, scale_range=0.5, xy=(bsize, bsize)
-        )[:2]
-        net.train()
-        y = net(torch.from_numpy(imgi).to(dev))[0]
-        loss = _loss_fn_seg(lbl, y, dev)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        lavg.append(float(loss.item()))
-        report(progress, frac_done(), f"step {step}/{n_steps}, loss {lavg[-1]:.4f}")
-        if step % 20 == 0:
-            logger.info(
-                "step %d/%d loss %.4f lr %.5f elapsed %.0f s",
-                step,
-                n_steps,
-                float(np.mean(lavg)),
-                lr,
-                elapsed0 + time.time() - t_start,
-            )
-            lavg = []
-        if cancel is not None and cancel():
-            save_ckpt()
-            _save_fp16(net.state_dict(), out_path)
-            raise Cancelled(f"training cancelled at step {step}/{n_steps}")
-        if time.time() - last_ckpt > checkpoint_every_s:
-            save_ckpt()
-            _save_fp16(net.state_dict(), out_path)
-            last_ckpt = time.time()
-    save_ckpt()
-    _save_fp16(net.state_dict(), out_path)
-    logger.info(
-        "saved %s after %d steps (%.0f s)", out_path, step, elapsed0 + time.time() - t_start
-    )
-    return out_path
+    An existing file is loaded into ``net`` and ``opt`` on creation (``step``, and the
+    seconds already spent count in :meth:`elapsed`).
+    """
+
+    def __init__(self, path: Path, net, opt) -> None:
+        import torch
+
+        self.path, self.net, self.opt = path, net, opt
+        self.step, self.before = 0, 0.0
+        if path.is_file():
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(ck["net"])
+            opt.load_state_dict(ck["opt"])
+            self.step, self.before = int(ck["step"]), float(ck["elapsed"])
+            logger.info("resumed from %s at step %d (%.0f s)", path, self.step, self.before)
+        self.t_start = time.time()
+
+    def elapsed(self) -> float:
+        """Seconds of training, earlier runs included."""
+        return self.before + time.time() - self.t_start
+
+    def save(self, step: int) -> None:
+        import torch
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        payload = {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": step,
+            "elapsed": self.elapsed(),
+        }
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
