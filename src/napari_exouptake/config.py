@@ -291,6 +291,10 @@ class SegmentationConfig(_Frozen):
     resample: bool = False
     tile_overlap: float = Field(0.1, ge=0.0, le=0.9)
     normalize: bool = True
+    #: images larger than this on a side are segmented in blocks of at most this size (plus
+    #: twice the diameter of context on every side) and the labels stitched
+    #: (:mod:`napari_exouptake.segmentation.blocks`); null: always the whole image at once
+    block_size_px: int | None = Field(4096, ge=128)
 
     @field_validator("device")
     @classmethod
@@ -750,6 +754,8 @@ segmentation:
   resample: false         # Cellpose resample (slower, smoother outlines)
   tile_overlap: 0.1       # fraction of overlap between tiles
   normalize: true         # percentile-normalise channels before the network
+  block_size_px: 4096     # bigger images: segmented in blocks of this size (+ 2 diameters of
+                          # context) and stitched, bounding memory; null = always whole
 
 spots:
   radius_px: 1.8          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;
