@@ -8,6 +8,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "bin_mean",
+    "binning_for",
     "check_image2d",
     "check_params",
     "check_pixel_size",
@@ -50,6 +52,21 @@ def prune_skeleton(skel: np.ndarray, min_len: float, max_iter: int = 5) -> np.nd
         keep[0] = False
         skel = keep[lab]
     return skel
+
+
+def binning_for(shape: tuple[int, ...], max_side_px: int | None) -> int:
+    """Integer binning factor that brings the longer side of ``shape`` to ``max_side_px`` or
+    below (1 when it already is, or when ``max_side_px`` is None)."""
+    if max_side_px is None or max(shape) <= max_side_px:
+        return 1
+    return int(np.ceil(max(shape) / max_side_px))
+
+
+def bin_mean(img: np.ndarray, k: int) -> np.ndarray:
+    """Mean of k x k blocks, float32; the last ``shape % k`` rows/columns (< k px) are dropped
+    (no padded copy of a whole-well image)."""
+    ny, nx = (img.shape[0] // k) * k, (img.shape[1] // k) * k
+    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
 def check_image2d(image: np.ndarray, name: str = "image2d", dtype: type = np.float64) -> np.ndarray:

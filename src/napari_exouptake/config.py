@@ -396,6 +396,8 @@ class CollagenConfig(_Frozen):
     ridge_threshold: Threshold = "auto"
     min_fibre_length_px: float = Field(10.0, ge=0)
     n_angle_bins: int = Field(12, ge=2)
+    #: images with a longer side above this are analysed binned (``collagen_analysis_binning``)
+    max_side_px: int | None = Field(4096, ge=64)
 
 
 class AssayConfig(_Frozen):

@@ -24,6 +24,8 @@ import pandas as pd
 from scipy import ndimage
 
 from ._skeleton import (
+    bin_mean,
+    binning_for,
     check_image2d,
     check_params,
     check_pixel_size,
@@ -228,10 +230,9 @@ def analyze_tubes(
             f"tube_width_px must be (min, max) with 0 < min <= max, got {tube_width_px}"
         )
     full_shape = img.shape
-    binning = 1
-    if max_side_px is not None and max(img.shape) > max_side_px:
-        binning = int(np.ceil(max(img.shape) / max_side_px))
-        img = _bin(img, binning)
+    binning = binning_for(img.shape, max_side_px)
+    if binning > 1:
+        img = bin_mean(img, binning)
         log.info("tubes: %s image binned %dx -> %s", full_shape, binning, img.shape)
 
     if polarity == "auto":
@@ -290,13 +291,6 @@ def analyze_tubes(
     if roi is not None:
         m["tube_well_area_um2"] = float(roi.sum() * f * f)
     return replace(res, metrics=m, clumps=clumps, roi=roi, binning=binning, full_shape=full_shape)
-
-
-def _bin(img: np.ndarray, k: int) -> np.ndarray:
-    """Mean of k x k blocks, float32; the last ``shape % k`` rows/columns (< k px) are dropped
-    (no padded copy of a whole-well image)."""
-    ny, nx = (img.shape[0] // k) * k, (img.shape[1] // k) * k
-    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _guess_polarity(img: np.ndarray, radius: float | None) -> str:
@@ -938,7 +932,7 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
     img = np.asarray(image)
     k = result.binning
     if img.ndim == 2 and k > 1 and img.shape == result.full_shape:
-        img = _bin(np.asarray(img, dtype=np.float32), k)
+        img = bin_mean(np.asarray(img, dtype=np.float32), k)
     if img.ndim != 2 or img.shape != result.mask.shape:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
