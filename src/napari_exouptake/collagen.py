@@ -37,11 +37,13 @@ from scipy import ndimage
 
 from ._skeleton import (
     bin_mean,
+    binned_plane,
     binning_for,
     check_image2d,
     check_params,
     check_pixel_size,
     check_thresholds,
+    is_dask_array,
     otsu_or_none,
     path_lengths_smoothed,
     prune_skeleton,
@@ -228,7 +230,7 @@ def analyze_collagen(
     min_fibre_length_px: float = 10.0,
     n_angle_bins: int = 12,
     threshold_method: Literal["otsu", "li", "triangle"] = "otsu",
-    max_side_px: int | None = 4096,
+    max_side_px: int | None = 2048,
 ) -> CollagenResult:
     """Collagen area, orientation, alignment and fibre-network readouts.
 
@@ -278,13 +280,13 @@ def analyze_collagen(
     ValueError
         If the image is not 2D, has NaN/inf, or a parameter is out of range.
     """
-    full_shape = np.shape(image2d)
+    full_shape = tuple(np.shape(image2d))
     binning = binning_for(full_shape, max_side_px) if len(full_shape) == 2 else 1
-    if binning > 1:  # a big image: binned as float32 first (no float64 copy of the whole)
-        img = bin_mean(check_image2d(image2d, dtype=np.float32), binning).astype(np.float64)
+    if binning > 1:  # a big image: binned as float32 first (a lazy one chunk-wise)
+        img = binned_plane(image2d, max_side_px)[0].astype(np.float64)
         log.info("collagen: %s image binned %dx -> %s", full_shape, binning, img.shape)
     else:
-        img = check_image2d(image2d)
+        img = check_image2d(np.asarray(image2d))
     ps = check_pixel_size(pixel_size_um)
     check_params(
         positive=True,
@@ -323,7 +325,7 @@ def analyze_collagen(
         mean_angle, coherency = float("nan"), 0.0
     # orientation histogram weighted by anisotropic energy (trace x coherency)
     edges = np.linspace(0.0, 180.0, int(n_angle_bins) + 1)
-    w = (np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2))[mask]
+    w = np.sqrt((jxx[mask] - jyy[mask]) ** 2 + 4 * jxy[mask] ** 2)  # mask pixels only (memory)
     hist, _ = np.histogram(orientation[mask], bins=edges, weights=w)
     hist = hist / hist.sum() if hist.sum() > 0 else np.zeros(len(edges) - 1)
 
@@ -530,10 +532,11 @@ def collagen_overlay(image: np.ndarray, result: CollagenResult) -> np.ndarray:
     """
     from skimage.color import hsv2rgb
 
-    img = np.asarray(image)
     k = result.binning
-    if img.ndim == 2 and k > 1 and img.shape == result.full_shape:
-        img = bin_mean(np.asarray(img, dtype=np.float32), k)
+    if len(np.shape(image)) == 2 and k > 1 and tuple(np.shape(image)) == result.full_shape:
+        img = bin_mean(image if is_dask_array(image) else np.asarray(image, dtype=np.float32), k)
+    else:
+        img = np.asarray(image)
     if img.ndim != 2 or img.shape != result.mask.shape:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"

@@ -397,7 +397,7 @@ class CollagenConfig(_Frozen):
     min_fibre_length_px: float = Field(10.0, ge=0)
     n_angle_bins: int = Field(12, ge=2)
     #: images with a longer side above this are analysed binned (``collagen_analysis_binning``)
-    max_side_px: int | None = Field(4096, ge=64)
+    max_side_px: int | None = Field(2048, ge=64)
 
 
 class AssayConfig(_Frozen):

@@ -31,7 +31,7 @@ from .config import (
     config_hash,
     resolve_channel,
 )
-from .io import ImageData, read_image, read_labels, write_labels, write_table
+from .io import ImageData, is_lazy, read_image, read_labels, write_labels, write_table
 
 __all__ = [
     "AnalysisResult",
@@ -595,7 +595,11 @@ def _channel_float(image: ImageData, index: int | None, role: str) -> np.ndarray
 
 
 def _plane2d(image: ImageData, index: int) -> np.ndarray:
-    arr = np.asarray(image.channel(index), dtype=np.float32)
+    arr = image.channel(index)
+    if is_lazy(arr):  # a big image stays lazy: the tube/collagen readouts bin it block-wise
+        arr = arr.astype(np.float32)
+        return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
+    arr = np.asarray(arr, dtype=np.float32)
     return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
 
 
