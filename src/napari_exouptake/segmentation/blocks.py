@@ -18,7 +18,7 @@ labels get their own range of ids, and labels that belong to one cell across a s
   relabelled 1..N.
 
 Memory: one block's Cellpose run (its padded region), the output label image (int32, 4 bytes
-per pixel), and two strips per block. See ``docs/big_images.md`` for measured numbers.
+per pixel), and two strips per block. Measured numbers: ``docs/segmentation.md``.
 """
 
 from __future__ import annotations
