@@ -311,3 +311,29 @@ def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(
         lazy["img cells"][1]["features"], eager["img cells"][1]["features"]
     )
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_reader_big_labels_tiled_tiff_or_ome_zarr(tmp_path, monkeypatch, suffix):
+    """Label images of big images (tiled TIFF above io.TILED_LABELS_ABOVE_PX, or OME-Zarr)
+    come back with their values and per-cell table; a Zarr store stays lazy."""
+    pytest.importorskip("zarr", reason="OME-Zarr needs zarr (the formats extra)")
+    import napari_exouptake.io as io
+
+    labels, cells, _ = _tiny_results(tmp_path)
+    monkeypatch.setattr(io, "TILED_LABELS_ABOVE_PX", 10 * 10)  # the 20 x 30 labels count as big
+    (tmp_path / "labels" / "img_cells.tif").unlink()
+    write_labels(tmp_path / "labels" / f"img_cells{suffix}", labels)
+    nuclei = (labels > 0).astype(np.uint16) * 3
+    write_labels(tmp_path / "labels" / f"img_nuclei{suffix}", nuclei)
+    if suffix == ".tif":
+        import tifffile
+
+        with tifffile.TiffFile(tmp_path / "labels" / "img_cells.tif") as tif:
+            assert tif.pages[0].is_tiled
+    layers = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
+    data, kw = layers["img cells"]
+    assert io.is_lazy(data) == (suffix == ".zarr")
+    np.testing.assert_array_equal(np.asarray(data), labels)
+    assert list(kw["features"]["cell_id"]) == [1, 7]
+    np.testing.assert_array_equal(np.asarray(layers["img nuclei"][0]), nuclei)

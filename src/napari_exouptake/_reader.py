@@ -1,11 +1,12 @@
 """npe2 reader: open an ``exouptake`` output folder (or a dataset bundle) as napari layers.
 
 An output folder (``exouptake analyze`` / ``demo`` / the widget's folder run) holds
-``cells.csv`` (+ ``cells.parquet``), ``spots.csv``, ``labels/<image>_cells.tif`` and
-``run.json``. Each image comes back as its channels (image layers), its cell (and nucleus)
-labels with the per-cell table as ``features``, and its puncta as a Points layer with the
-per-punctum table as ``features``: the layers the dock widget makes. The image itself is taken
-from ``images/<image>.*`` in the folder, else from the source path recorded in ``run.json``.
+``cells.csv`` (+ ``cells.parquet``), ``spots.csv``, ``labels/<image>_cells.tif`` (tiled for big
+images; ``labels/<image>_cells.zarr``, an OME-Zarr, is read too) and ``run.json``. Each image
+comes back as its channels (image layers), its cell (and nucleus) labels with the per-cell table
+as ``features``, and its puncta as a Points layer with the per-punctum table as ``features``:
+the layers the dock widget makes. The image itself is taken from ``images/<image>.*`` in the
+folder, else from the source path recorded in ``run.json``.
 
 This module returns plain LayerData tuples and imports no Qt.
 """
@@ -89,13 +90,24 @@ def _find_image(folder: Path, name: str, run: dict) -> Path | None:
     return None
 
 
+def _label_file(folder: Path, name: str, kind: str) -> Path | None:
+    """``labels/<name>_<kind>.tif``, else ``labels/<name>_<kind>.zarr`` (OME-Zarr), else None."""
+    for suffix in (".tif", ".zarr"):
+        p = folder / "labels" / f"{name}_{kind}{suffix}"
+        if p.is_file() or (suffix == ".zarr" and p.is_dir()):
+            return p
+    return None
+
+
 def _read_labels_for_display(path: Path) -> Any:
-    """A label image; a dask array over its tiles when it is bigger than the lazy-reading
-    limit (napari draws the visible part), else a numpy array."""
+    """A label image; a dask array over its tiles or chunks when it is an OME-Zarr or bigger
+    than the lazy-reading limit (napari draws the visible part), else a numpy array."""
     import tifffile
 
     from . import io
 
+    if path.is_dir():  # an OME-Zarr store is read chunk by chunk
+        return io.read_labels(path, lazy=True)
     try:
         with tifffile.TiffFile(path) as tif:
             big = tif.series[0].nbytes > io.LAZY_ABOVE_BYTES
@@ -133,7 +145,7 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
     """
     from ._widgets._layers import META_KEY, labels_layer_data, points_layer_data
     from .config import DEFAULT_RADIUS_PX
-    from .io import read_image, read_labels
+    from .io import read_image
 
     folder = Path(path[0] if isinstance(path, list) else path)
     cells = _read_cells(folder)
@@ -146,10 +158,11 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
     if not isinstance(radius, (int, float)):  # "auto": measured per image; a size to draw
         radius = DEFAULT_RADIUS_PX
     names = list(dict.fromkeys(cells["image"].astype(str))) if "image" in cells else []
-    for lab in sorted((folder / "labels").glob("*_cells.tif")):
-        stem = lab.name[: -len("_cells.tif")]
-        if stem not in names:
-            names.append(stem)
+    for suffix in ("_cells.tif", "_cells.zarr"):
+        for lab in sorted((folder / "labels").glob(f"*{suffix}")):
+            stem = lab.name[: -len(suffix)]
+            if stem not in names:
+                names.append(stem)
     several = len(names) > 1
     layers: list[tuple] = []
     for k, name in enumerate(names):
@@ -168,8 +181,8 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
             log.warning("%s: image %s not found (images/ or run.json source)", folder, name)
         scale = (px or 1.0,) * 3
         table = cells[cells["image"].astype(str) == name] if "image" in cells else cells
-        lab_path = folder / "labels" / f"{name}_cells.tif"
-        if lab_path.is_file():
+        lab_path = _label_file(folder, name, "cells")
+        if lab_path is not None:
             labels = _read_labels_for_display(lab_path)
             ndim = 3 if labels.ndim == 3 and labels.shape[0] > 1 else 2
             layers.append(
@@ -182,11 +195,11 @@ def read_results_folder(path: str | list[str]) -> list[tuple]:
                     metadata={META_KEY: {**tie[META_KEY], "kind": "cells"}},
                 )
             )
-        nuc_path = folder / "labels" / f"{name}_nuclei.tif"
-        if nuc_path.is_file():
+        nuc_path = _label_file(folder, name, "nuclei")
+        if nuc_path is not None:
             layers.append(
                 labels_layer_data(
-                    read_labels(nuc_path),
+                    _read_labels_for_display(nuc_path),
                     None,
                     name=f"{name} nuclei",
                     ndim=ndim,

@@ -8,6 +8,10 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "bin_mean",
+    "binned_plane",
+    "binning_for",
+    "is_dask_array",
     "check_image2d",
     "check_params",
     "check_pixel_size",
@@ -50,6 +54,54 @@ def prune_skeleton(skel: np.ndarray, min_len: float, max_iter: int = 5) -> np.nd
         keep[0] = False
         skel = keep[lab]
     return skel
+
+
+def binning_for(shape: tuple[int, ...], max_side_px: int | None) -> int:
+    """Integer binning factor that brings the longer side of ``shape`` to ``max_side_px`` or
+    below (1 when it already is, or when ``max_side_px`` is None)."""
+    if max_side_px is None or max(shape) <= max_side_px:
+        return 1
+    return int(np.ceil(max(shape) / max_side_px))
+
+
+def bin_mean(img: np.ndarray, k: int) -> np.ndarray:
+    """Mean of k x k blocks, float32; the last ``shape % k`` rows/columns (< k px) are dropped
+    (no padded copy of a whole-well image). A lazy (dask) image is binned chunk by chunk (the
+    same arithmetic per block), never held whole."""
+    ny, nx = (img.shape[0] // k) * k, (img.shape[1] // k) * k
+    if is_dask_array(img):
+        step = k * max(1, 1024 // k)  # chunks of whole k x k blocks
+        x = img[:ny, :nx].rechunk((step, step))
+        return np.asarray(
+            x.map_blocks(
+                _bin_block,
+                k,
+                chunks=tuple(tuple(c // k for c in cs) for cs in x.chunks),
+                dtype=np.float32,
+            ).compute()
+        )
+    return _bin_block(img[:ny, :nx], k)
+
+
+def _bin_block(img: np.ndarray, k: int) -> np.ndarray:
+    ny, nx = img.shape
+    return img.reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
+
+
+def is_dask_array(img) -> bool:
+    """True for a dask (lazy) array."""
+    return hasattr(img, "chunks") and hasattr(img, "compute")
+
+
+def binned_plane(image, max_side_px: int | None, name: str = "image2d") -> tuple[np.ndarray, int]:
+    """A checked 2D float32 plane, binned to ``max_side_px`` (:func:`binning_for`), and the
+    factor. A lazy (dask) image is binned chunk by chunk before anything is held whole."""
+    shape = tuple(np.shape(image))
+    k = binning_for(shape, max_side_px) if len(shape) == 2 else 1
+    if k > 1:
+        src = image if is_dask_array(image) else check_image2d(image, name, dtype=np.float32)
+        return check_image2d(bin_mean(src, k), name, dtype=np.float32), k
+    return check_image2d(np.asarray(image), name, dtype=np.float32), 1
 
 
 def check_image2d(image: np.ndarray, name: str = "image2d", dtype: type = np.float64) -> np.ndarray:

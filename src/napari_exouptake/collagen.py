@@ -36,10 +36,14 @@ import pandas as pd
 from scipy import ndimage
 
 from ._skeleton import (
+    bin_mean,
+    binned_plane,
+    binning_for,
     check_image2d,
     check_params,
     check_pixel_size,
     check_thresholds,
+    is_dask_array,
     otsu_or_none,
     path_lengths_smoothed,
     prune_skeleton,
@@ -96,6 +100,10 @@ class CollagenResult:
     metrics : dict[str, float | int | str]
         Image-level readouts, every key prefixed ``collagen_``.
     pixel_size_um : float or None
+        Size of an input pixel (not of an analysed one when binned).
+    binning : int
+        The image was analysed binned ``binning`` x ``binning`` (``max_side_px``); the arrays
+        above are at the binned scale. ``full_shape``: the input's shape.
     """
 
     mask: np.ndarray = field(repr=False)
@@ -107,6 +115,8 @@ class CollagenResult:
     angle_bin_edges: np.ndarray
     metrics: dict
     pixel_size_um: float | None = None
+    binning: int = 1
+    full_shape: tuple = ()
 
 
 def structure_tensor_orientation(
@@ -220,6 +230,7 @@ def analyze_collagen(
     min_fibre_length_px: float = 10.0,
     n_angle_bins: int = 12,
     threshold_method: Literal["otsu", "li", "triangle"] = "otsu",
+    max_side_px: int | None = 2048,
 ) -> CollagenResult:
     """Collagen area, orientation, alignment and fibre-network readouts.
 
@@ -254,6 +265,11 @@ def analyze_collagen(
         real background level (immunofluorescence); on sparse SHG images it keeps
         only the brightest fibres (area 3 % vs 15 % with "li" on CurveAlign's
         2B_H9_SHG1), while the mean angle moves by about 2 deg.
+    max_side_px : int or None
+        Images whose longer side exceeds this are analysed binned by an integer factor (mean of
+        k x k blocks; memory and time of a whole-slide image); the pixel parameters above are
+        then in pixels of the binned image, lengths and widths are reported in input pixels
+        (or um), and ``metrics["collagen_analysis_binning"]`` says the factor. None: never.
 
     Returns
     -------
@@ -264,7 +280,13 @@ def analyze_collagen(
     ValueError
         If the image is not 2D, has NaN/inf, or a parameter is out of range.
     """
-    img = check_image2d(image2d)
+    full_shape = tuple(np.shape(image2d))
+    binning = binning_for(full_shape, max_side_px) if len(full_shape) == 2 else 1
+    if binning > 1:  # a big image: binned as float32 first (a lazy one chunk-wise)
+        img = binned_plane(image2d, max_side_px)[0].astype(np.float64)
+        log.info("collagen: %s image binned %dx -> %s", full_shape, binning, img.shape)
+    else:
+        img = check_image2d(np.asarray(image2d))
     ps = check_pixel_size(pixel_size_um)
     check_params(
         positive=True,
@@ -303,14 +325,14 @@ def analyze_collagen(
         mean_angle, coherency = float("nan"), 0.0
     # orientation histogram weighted by anisotropic energy (trace x coherency)
     edges = np.linspace(0.0, 180.0, int(n_angle_bins) + 1)
-    w = (np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2))[mask]
+    w = np.sqrt((jxx[mask] - jyy[mask]) ** 2 + 4 * jxy[mask] ** 2)  # mask pixels only (memory)
     hist, _ = np.histogram(orientation[mask], bins=edges, weights=w)
     hist = hist / hist.sum() if hist.sum() > 0 else np.zeros(len(edges) - 1)
 
     fibre_mask, skel = _fibre_network(
         img, mask, ridge_sigma_px, ridge_threshold, min_fibre_length_px
     )
-    net = _network_metrics(skel, fibre_mask, ps)
+    net = _network_metrics(skel, fibre_mask, ps, binning)
     fib_mean, fib_align = axial_mean_deg(orientation[skel])
 
     metrics: dict = {
@@ -325,6 +347,8 @@ def analyze_collagen(
     }
     for k in range(len(edges) - 1):
         metrics[f"collagen_angle_frac_{edges[k]:03.0f}_{edges[k + 1]:03.0f}"] = float(hist[k])
+    if binning > 1:
+        metrics["collagen_analysis_binning"] = int(binning)
     return CollagenResult(
         mask=mask,
         fibre_mask=fibre_mask,
@@ -335,6 +359,8 @@ def analyze_collagen(
         angle_bin_edges=edges,
         metrics=metrics,
         pixel_size_um=ps,
+        binning=binning,
+        full_shape=tuple(full_shape),
     )
 
 
@@ -364,9 +390,10 @@ def _fibre_network(img, mask, ridge_sigma_px, ridge_threshold, min_len):
     return fib, skel
 
 
-def _network_metrics(skel: np.ndarray, fib: np.ndarray, ps: float | None) -> dict:
-    """TWOMBLI-style fibre network readouts of a skeleton and its fibre mask."""
-    f = ps if ps else 1.0
+def _network_metrics(skel: np.ndarray, fib: np.ndarray, ps: float | None, binning: int = 1) -> dict:
+    """TWOMBLI-style fibre network readouts of a skeleton and its fibre mask (lengths in um,
+    else in input pixels: an analysed pixel is ``binning`` input pixels)."""
+    f = (ps if ps else 1.0) * binning
     out = {
         "collagen_length_unit": "um" if ps else "px",
         "collagen_fibre_area_fraction": float(fib.mean()),
@@ -495,7 +522,7 @@ def collagen_overlay(image: np.ndarray, result: CollagenResult) -> np.ndarray:
     Parameters
     ----------
     image : (Y, X) ndarray
-        The analysed image.
+        The analysed image (binned like the result when the result was binned).
     result : CollagenResult
         Output of :func:`analyze_collagen` for that image.
 
@@ -505,7 +532,11 @@ def collagen_overlay(image: np.ndarray, result: CollagenResult) -> np.ndarray:
     """
     from skimage.color import hsv2rgb
 
-    img = np.asarray(image)
+    k = result.binning
+    if len(np.shape(image)) == 2 and k > 1 and tuple(np.shape(image)) == result.full_shape:
+        img = bin_mean(image if is_dask_array(image) else np.asarray(image, dtype=np.float32), k)
+    else:
+        img = np.asarray(image)
     if img.ndim != 2 or img.shape != result.mask.shape:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"

@@ -296,6 +296,10 @@ class SegmentationConfig(_Frozen):
     resample: bool = False
     tile_overlap: float = Field(0.1, ge=0.0, le=0.9)
     normalize: bool = True
+    #: images larger than this on a side are segmented in blocks of at most this size (plus
+    #: twice the diameter of context on every side) and the labels stitched
+    #: (:mod:`napari_exouptake.segmentation.blocks`); null: always the whole image at once
+    block_size_px: int | None = Field(4096, ge=128)
 
     @field_validator("device")
     @classmethod
@@ -399,6 +403,8 @@ class CollagenConfig(_Frozen):
     ridge_threshold: Threshold = "auto"
     min_fibre_length_px: float = Field(10.0, ge=0)
     n_angle_bins: int = Field(12, ge=2)
+    #: images with a longer side above this are analysed binned (``collagen_analysis_binning``)
+    max_side_px: int | None = Field(2048, ge=64)
 
 
 class AssayConfig(_Frozen):
@@ -757,6 +763,8 @@ segmentation:
   resample: false         # Cellpose resample (slower, smoother outlines)
   tile_overlap: 0.1       # fraction of overlap between tiles
   normalize: true         # percentile-normalise channels before the network
+  block_size_px: 4096     # bigger images: segmented in blocks of this size (+ 2 diameters of
+                          # context) and stitched, bounding memory; null = always whole
 
 spots:
   radius_px: {radius_px}          # punctum radius in pixels, sqrt(2) x the PSF's Gaussian sigma;

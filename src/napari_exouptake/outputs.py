@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .config import AssayConfig, config_hash, resolve_channel
-from .io import ImageData, write_labels, write_table
+from .io import ImageData, is_lazy, write_labels, write_table
 from .results import AnalysisResult, images_table, squeeze_plane
 
 __all__ = [
@@ -38,7 +38,11 @@ __all__ = [
 def readout_plane(image: ImageData, index: int) -> np.ndarray:
     """Channel ``index`` of ``image`` as the 2D float32 plane the image-level readouts (tubes,
     collagen) analyse: the plane of a 2D image, the maximum projection of a z-stack."""
-    arr = np.asarray(image.channel(index), dtype=np.float32)
+    arr = image.channel(index)
+    if is_lazy(arr):  # a big image stays lazy: the tube/collagen readouts bin it block-wise
+        arr = arr.astype(np.float32)
+    else:
+        arr = np.asarray(arr, dtype=np.float32)
     return arr.max(axis=0) if arr.shape[0] > 1 else arr[0]
 
 

@@ -24,10 +24,12 @@ import pandas as pd
 from scipy import ndimage
 
 from ._skeleton import (
-    check_image2d,
+    bin_mean,
+    binned_plane,
     check_params,
     check_pixel_size,
     check_thresholds,
+    is_dask_array,
     otsu_or_none,
     path_lengths_smoothed,
     prune_skeleton,
@@ -207,7 +209,8 @@ def analyze_tubes(
     ValueError
         If the image is not 2D, contains NaN/inf, or a parameter is out of range.
     """
-    img = check_image2d(image2d, dtype=np.float32)
+    full_shape = tuple(np.shape(image2d))
+    img, binning = binned_plane(image2d, max_side_px)  # a lazy image is binned chunk-wise
     ps = check_pixel_size(pixel_size_um)
     check_params(
         smoothing_sigma_px=smoothing_sigma_px,
@@ -227,11 +230,7 @@ def analyze_tubes(
         raise ValueError(
             f"tube_width_px must be (min, max) with 0 < min <= max, got {tube_width_px}"
         )
-    full_shape = img.shape
-    binning = 1
-    if max_side_px is not None and max(img.shape) > max_side_px:
-        binning = int(np.ceil(max(img.shape) / max_side_px))
-        img = _bin(img, binning)
+    if binning > 1:
         log.info("tubes: %s image binned %dx -> %s", full_shape, binning, img.shape)
 
     if polarity == "auto":
@@ -290,13 +289,6 @@ def analyze_tubes(
     if roi is not None:
         m["tube_well_area_um2"] = float(roi.sum() * f * f)
     return replace(res, metrics=m, clumps=clumps, roi=roi, binning=binning, full_shape=full_shape)
-
-
-def _bin(img: np.ndarray, k: int) -> np.ndarray:
-    """Mean of k x k blocks, float32; the last ``shape % k`` rows/columns (< k px) are dropped
-    (no padded copy of a whole-well image)."""
-    ny, nx = (img.shape[0] // k) * k, (img.shape[1] // k) * k
-    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _guess_polarity(img: np.ndarray, radius: float | None) -> str:
@@ -935,10 +927,11 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
     (Y, X, 3) uint8 ndarray
         RGB picture at the analysed (binned) scale.
     """
-    img = np.asarray(image)
     k = result.binning
-    if img.ndim == 2 and k > 1 and img.shape == result.full_shape:
-        img = _bin(np.asarray(img, dtype=np.float32), k)
+    if len(np.shape(image)) == 2 and k > 1 and tuple(np.shape(image)) == result.full_shape:
+        img = bin_mean(image if is_dask_array(image) else np.asarray(image, dtype=np.float32), k)
+    else:
+        img = np.asarray(image)
     if img.ndim != 2 or img.shape != result.mask.shape:
         raise ValueError(
             f"image shape {img.shape} does not match the result's shape {result.mask.shape}"

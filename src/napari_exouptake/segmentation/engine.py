@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import AssayConfig
     from ..io import ImageData
 from ..progress import Cancel, Cancelled, Progress, report
+from .blocks import block_overlap_px, needs_blocks, segment_in_blocks
 from .device import _empty_cuda_cache, _is_oom, _set_threads, resolve_device
 from .labels import _expand, _median_diameter, map_nuclei_to_cells
 from .models import (
@@ -503,15 +504,26 @@ def _segment_array(
         msg = "segmentation channel is constant (e.g. all zero): returning no objects"
         seg.warn(msg)
         return empty
+    kw = {
+        **eval_kwargs(sc, diameter),
+        "normalize": {"normalize": bool(sc.normalize), "norm3D": bool(sc.do_3d)},
+    }
+    if z == 1 and needs_blocks((h, w), sc.block_size_px):  # big image: blocks.py
+
+        def region(sl: tuple[slice, slice]) -> np.ndarray:
+            sl3 = (slice(0, 1), *sl)
+            hb = None if helper is None else np.asarray(helper[sl3], dtype=np.float32)
+            xb = _stack_input(np.asarray(main[sl3], dtype=np.float32), hb, rm.major)
+            return _run(rm, device, xb[0], sc.batch_size, kw, info)
+
+        ov = block_overlap_px(diameter)
+        lab = segment_in_blocks(region, (h, w), block_size_px=sc.block_size_px, overlap_px=ov)
+        return lab[None]
     x = _stack_input(
         main.astype(np.float32, copy=False),
         None if helper is None else helper.astype(np.float32, copy=False),
         rm.major,
     )
-    kw = {
-        **eval_kwargs(sc, diameter),
-        "normalize": {"normalize": bool(sc.normalize), "norm3D": bool(sc.do_3d)},
-    }
     if z == 1:
         lab = _run(rm, device, x[0], sc.batch_size, kw, info)
         lab = lab.reshape(1, h, w)
