@@ -98,6 +98,11 @@ def _select_labels(arr: np.ndarray, t: int, n_t: int, z: int | None) -> np.ndarr
     return arr
 
 
+def _is_zarr(path: Path) -> bool:
+    """An OME-Zarr label image (a ``.zarr`` folder)."""
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
 class _LabelSource:
     """Find the label (and nucleus) images of each unit in a ``--labels`` file or folder."""
 
@@ -116,12 +121,12 @@ class _LabelSource:
     def _find(self, unit_base: str, kind: str) -> Path | None:
         if self.path is None:
             return None
-        if self.path.is_file():
+        if self.path.is_file() or _is_zarr(self.path):  # one label image for every input
             return self.path if kind == "cells" else None
         for stem in dict.fromkeys((unit_base, self.file_name)):
-            for ext in (".tif", ".tiff"):
+            for ext in (".tif", ".tiff", ".zarr"):
                 p = self.path / f"{stem}_{kind}{ext}"
-                if p.is_file():
+                if p.is_file() or _is_zarr(p):
                     return p
         return None
 
@@ -141,7 +146,8 @@ class _LabelSource:
             if kind == "nuclei":
                 return None
             looked = " and ".join(
-                f"{stem}_cells.tif" for stem in dict.fromkeys((unit.name, base, self.file_name))
+                f"{stem}_cells.tif/.zarr"
+                for stem in dict.fromkeys((unit.name, base, self.file_name))
             )
             raise FileNotFoundError(
                 f"no label image for {unit.name!r} in {self.path} (looked for {looked})"
