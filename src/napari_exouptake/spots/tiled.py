@@ -18,8 +18,10 @@ the reference intensity of the cluster estimate. The passes:
 4. the local noise map's blocks (first-pass puncta subtracted); 5. the local noise at the
    candidates, the final threshold; 6. localisation of the accepted puncta.
 
-Memory: a few tiles' arrays (tile 2048: about 0.3 GB) plus the candidate records (a few
-hundred bytes per 1,000 pixels); disk: 3 float32 copies of the image (with halos).
+Memory: one tile's arrays at a time (tile 2,048, halo 68 px at radius 1.8) plus the candidate
+records of the whole image; disk: 3 float32 copies of the image's tiles (with halos), removed at
+the end. The whole analysis of a 16,000 x 16,000 image (``benchmarks/big_images.py``) peaked
+below 1 GB resident; see docs/big_images.md.
 ``radius_px="auto"`` is estimated on the central ``tile x tile`` crop (the only image-wide
 step that is not taken from the union). 2D images only.
 """
