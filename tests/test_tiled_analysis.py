@@ -106,3 +106,13 @@ def test_pipeline_tiled_equals_whole_4096():
     assert (whole.spots["cell_id"] == tiled.spots["cell_id"]).all()
     assert len(whole.cells) > 2000 and len(whole.spots) > 20000
     pd.testing.assert_frame_equal(whole.cells, tiled.cells, check_exact=False, rtol=1e-12)
+
+
+def test_tiled_auto_radius_from_the_central_crop(small):
+    """``radius_px="auto"`` is estimated on the central tile-sized crop: with a tile larger
+    than the image that crop is the image, so the result equals the whole image's."""
+    exo, _ = small
+    whole = detect_spots(exo, radius_px="auto")
+    tiled = detect_spots_tiled(exo, radius_px="auto", tile=1024)
+    assert tiled.attrs["radius_auto"] and tiled.attrs["radius_px"] != 1.8
+    _same_spots(whole, tiled)
