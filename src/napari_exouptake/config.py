@@ -424,6 +424,7 @@ class AssayConfig(_Frozen):
     tubes: TubesConfig | None = None
     collagen: CollagenConfig | None = None
     conditions: dict[str, str] = Field(default_factory=dict)
+    big_image_px: int = Field(40_000_000, ge=0)
 
     @field_validator("axes")
     @classmethod
@@ -797,6 +798,8 @@ tubes: null               # e.g. {channel: 3}: tube-formation network analysis o
 collagen: null            # e.g. {channel: 4}: collagen area and fibre architecture
 
 conditions: {}            # file-name glob -> condition, e.g. {"*ctrl*": untreated, "*EV*": ev}
+big_image_px: 40000000    # planes larger than this (pixels) are analysed tile by tile in
+                          # bounded memory (puncta and per-cell table; docs/big_images.md)
 """
 
 

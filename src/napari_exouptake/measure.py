@@ -40,9 +40,11 @@ from .config import DEFAULT_RADIUS_PX
 __all__ = [
     "apply_positivity",
     "assign_spots",
+    "assign_spots_tiled",
     "auto_threshold",
     "control_threshold",
     "measure_cells",
+    "measure_cells_tiled",
     "mixture_threshold",
     "positivity_calls",
     "summarize_image",
@@ -505,6 +507,220 @@ def measure_cells(
                 out[f"{name}_cytoplasmic_mean"] = cm[1:]
                 out[f"{name}_nc_ratio"] = np.where(cm[1:] > 0, nm[1:] / cm[1:], np.nan)
 
+    df = pd.DataFrame(out)
+    return df[[c for c in cols if c in df.columns]]
+
+
+#: rows per band of the tiled measurement (full-width bands: runs never cross a band)
+TILED_BAND_ROWS = 512
+
+
+def _bands(height: int, rows: int) -> list[tuple[int, int]]:
+    rows = max(int(rows), 1)
+    return [(y0, min(y0 + rows, height)) for y0 in range(0, height, rows)]
+
+
+def assign_spots_tiled(
+    spots: pd.DataFrame, cells: Any, *, band_rows: int = TILED_BAND_ROWS
+) -> pd.DataFrame:
+    """:func:`assign_spots` for a big 2D label image, read one band of rows at a time.
+
+    Parameters
+    ----------
+    spots : pandas.DataFrame
+        Columns ``y``, ``x`` (pixel coordinates).
+    cells : (Y, X) int ndarray or dask array
+        Cell labels, 0 = background.
+    band_rows : int
+        Rows read at once.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`assign_spots`.
+    """
+    if not isinstance(spots, pd.DataFrame):
+        raise ValueError(f"spots must be a pandas DataFrame, got {type(spots).__name__}")
+    if cells.ndim != 2:
+        raise ValueError(f"tiled assignment takes 2D (Y, X) labels, got shape {cells.shape}")
+    out = spots.copy()
+    if len(out) == 0:
+        out["cell_id"] = pd.Series(dtype=np.int64)
+        return out
+    shape = tuple(int(v) for v in cells.shape)
+    ip, inside = _spot_pixels(out, shape)
+    cid = np.zeros(len(out), dtype=np.int64)
+    for y0, y1 in _bands(shape[0], band_rows):
+        sel = inside & (ip[:, 0] >= y0) & (ip[:, 0] < y1)
+        if sel.any():
+            lab = _check_labels(np.asarray(cells[y0:y1]), "cells")
+            cid[sel] = lab[ip[sel, 0] - y0, ip[sel, 1]]
+    out["cell_id"] = cid
+    return out
+
+
+def measure_cells_tiled(
+    cells: Any,
+    channels: Mapping[str, Any],
+    spots: pd.DataFrame | None = None,
+    *,
+    pixel_size_um: float | None = None,
+    marker_names: Sequence[str] | None = None,
+    exo_background: float | None = None,
+    spot_radius_px: float = 1.8,
+    exosome_key: str = _EXO,
+    band_rows: int = TILED_BAND_ROWS,
+    progress: Any = None,
+    cancel: Any = None,
+) -> pd.DataFrame:
+    """:func:`measure_cells` for a big 2D image, one band of rows at a time: the same table.
+
+    Sums, areas and centroid sums are accumulated per label over bands of full rows (the
+    runs of :class:`_Runs` never cross a row, so they are the whole image's runs); the
+    background sample is the whole image's; puncta are looked up in the band holding them.
+    Only one band of labels and channels (as float32) is in memory at a time.
+
+    Parameters
+    ----------
+    cells : (Y, X) int ndarray or dask array
+        Cell labels, 0 = background.
+    channels : dict of str to (Y, X) ndarray or dask array
+        ``{"exosome": exo, "<marker>": img, ...}``; read band by band, as float32.
+    spots : pandas.DataFrame, optional
+        Detected puncta; their ``cell_id`` (:func:`assign_spots_tiled`) is used when present.
+    pixel_size_um, marker_names, exo_background, spot_radius_px, exosome_key
+        As in :func:`measure_cells` (no nuclei, no 3D).
+    band_rows : int
+        Rows per band.
+    progress, cancel
+        The protocol of :mod:`napari_exouptake.progress`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`measure_cells` (equal to float rounding; exactly for integer-valued images).
+    """
+    from .progress import Cancelled
+
+    if cells.ndim != 2:
+        raise ValueError(f"tiled measurement takes 2D (Y, X) labels, got shape {cells.shape}")
+    shape = tuple(int(v) for v in cells.shape)
+    h, w = shape
+    if exosome_key not in channels:
+        raise ValueError(
+            f"exosome channel {exosome_key!r} missing: channels given are {sorted(channels)}"
+        )
+    if marker_names is None:
+        marker_names = [k for k in channels if k != exosome_key]
+    for name in marker_names:
+        if name not in channels:
+            raise ValueError(f"marker {name!r} not among the channels {sorted(channels)}")
+    names = [exosome_key, *marker_names]
+    for name in names:
+        a = channels[name]
+        a_shape = tuple(a.shape[1:]) if a.ndim == 3 and a.shape[0] == 1 else tuple(a.shape)
+        if a_shape != shape:
+            raise ValueError(
+                f"channel {name!r} has shape {tuple(a.shape)} but the labels have shape {shape}"
+            )
+    if pixel_size_um is not None and not (pixel_size_um > 0):
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    if spots is not None and not isinstance(spots, pd.DataFrame):
+        raise ValueError(f"spots must be a pandas DataFrame, got {type(spots).__name__}")
+
+    def band_of(a: Any, y0: int, y1: int) -> np.ndarray:
+        part = a[0, y0:y1] if a.ndim == 3 else a[y0:y1]
+        return _check_channel(np.asarray(part, dtype=np.float32), (y1 - y0, w), name)
+
+    has_spots = spots is not None and len(spots) > 0
+    if has_spots:
+        ip, inside = _spot_pixels(spots, shape)
+        off = _disc_offsets(spot_radius_px, 2)
+        reach = int(np.abs(off[:, 0]).max())
+        lab_id = (
+            spots["cell_id"].to_numpy(np.int64)
+            if "cell_id" in spots
+            else assign_spots_tiled(spots, cells, band_rows=band_rows)["cell_id"].to_numpy()
+        )
+    step_bg = max(1, h * w // 65_536)  # measure_cells' background sample
+    keys: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    bg_parts: list[np.ndarray] = []
+    bands = _bands(h, band_rows)
+    n_val = 4 + len(names)  # area, y sum, x sum, covered, channel sums
+    for k, (y0, y1) in enumerate(bands):
+        if cancel is not None and cancel():
+            raise Cancelled("measurement cancelled")
+        if progress is not None:
+            progress(k / len(bands), "per-cell measurement")
+        lab = _check_labels(np.asarray(cells[y0:y1]), "cells")
+        runs = _Runs(lab, None)
+        first = -(-y0 * w // step_bg) * step_bg
+        idx = np.arange(first, y1 * w, step_bg, dtype=np.int64) - y0 * w
+        sub_bg = lab.ravel()[idx] == 0
+        table = np.zeros((runs.n + 1, n_val))
+        table[:, 0] = runs.per_cell(runs.length)
+        table[:, 1] = runs.per_cell(runs.coord_sum(0)) + y0 * table[:, 0]
+        table[:, 2] = runs.per_cell(runs.coord_sum(1))
+        if has_spots:
+            sel = inside & (ip[:, 0] >= y0 - reach) & (ip[:, 0] < y1 + reach)
+            pix = ip[sel][:, None, :] + off[None]
+            ok = np.all((pix >= 0) & (pix < np.asarray(shape)), axis=2)
+            ok &= (pix[..., 0] >= y0) & (pix[..., 0] < y1)
+            px = pix[ok]
+            covered = np.unique(np.ravel_multi_index((px[:, 0] - y0, px[:, 1]), lab.shape))
+            table[:, 3] = np.bincount(runs.compact(lab.ravel()[covered]), minlength=runs.n + 1)
+        for j, name in enumerate(names):
+            img = band_of(channels[name], y0, y1)
+            table[:, 4 + j] = runs.per_cell(runs.sums(img))
+            if j == 0:
+                bg_parts.append(img.ravel()[idx][sub_bg])
+            del img
+        keys.append(runs.ids)
+        vals.append(table[1:])
+        del lab, runs
+    cols = _empty_columns(2, marker_names, pixel_size_um, None, False)
+    all_ids = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    if all_ids.size == 0:
+        logger.info("no cells in the label image")
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+    ids, inv = np.unique(all_ids, return_inverse=True)
+    n = ids.size
+    allv = np.concatenate(vals)
+    tot = np.stack([np.bincount(inv, weights=allv[:, j], minlength=n) for j in range(n_val)], 1)
+    area = tot[:, 0]
+    out: dict[str, np.ndarray] = {"cell_id": ids.astype(np.int64), "area_px": area}
+    if pixel_size_um is not None:
+        out["area_um2"] = area * pixel_size_um**2
+    out["centroid_y"] = tot[:, 1] / area
+    out["centroid_x"] = tot[:, 2] / area
+    exo_sum = tot[:, 4]
+    out["exo_mean_intensity"] = exo_sum / area
+    if exo_background is None:
+        sub = np.concatenate(bg_parts) if bg_parts else np.zeros(0, np.float32)
+        exo_background = float(np.median(sub)) if sub.size else 0.0
+    out["exo_excess_intensity"] = exo_sum - float(exo_background) * area
+    if has_spots:
+        pos = np.searchsorted(ids, lab_id)
+        pos = np.clip(pos, 0, n - 1)
+        sp_cell = np.where((lab_id > 0) & (ids[pos] == lab_id) & inside, pos + 1, 0)
+        m1 = n + 1
+        out["exo_spot_count"] = np.bincount(sp_cell, minlength=m1)[1:].astype(np.int64)
+        est = spots["n_estimate"].to_numpy(float) if "n_estimate" in spots else np.ones(len(spots))
+        out["exo_spot_estimate"] = np.bincount(sp_cell, weights=est, minlength=m1)[1:]
+        inten = spots["intensity"].to_numpy(float) if "intensity" in spots else np.zeros(len(spots))
+        out["exo_integrated_intensity"] = np.bincount(sp_cell, weights=inten, minlength=m1)[1:]
+        out["exo_area_fraction"] = tot[:, 3] / area
+    else:
+        zero = np.zeros(n)
+        out["exo_spot_count"] = zero.astype(np.int64)
+        out["exo_spot_estimate"] = zero.copy()
+        out["exo_integrated_intensity"] = zero.copy()
+        out["exo_area_fraction"] = zero.copy()
+    for j, name in enumerate(marker_names):
+        s = tot[:, 5 + j]
+        out[f"{name}_mean_intensity"] = s / area
+        out[f"{name}_integrated_intensity"] = s
     df = pd.DataFrame(out)
     return df[[c for c in cols if c in df.columns]]
 

@@ -107,6 +107,7 @@ def measure_image(
     images' results to :func:`finalize` together, once.
     """
     from . import measure, spots
+    from .big_image import is_big, lazy_labels, spots_and_cells
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -135,7 +136,9 @@ def measure_image(
         if (section := getattr(config, key)) is not None
     }
     pixel_size = config.pixel_size_um or image.pixel_size_um
-    exo = None if image_level else _channel_float(image, ch.exosome, "exosome")
+    # a big plane: puncta and cells tile by tile from the lazy array (big_image.py)
+    big = not image_level and spots_table is None and is_big(image, config, nuclei)
+    exo = None if image_level or big else _channel_float(image, ch.exosome, "exosome")
 
     # -- segmentation ------------------------------------------------------------------------
     step("segmentation", 0.0)
@@ -144,7 +147,7 @@ def measure_image(
         cells_lab, nuc_lab = np.zeros((1, 1, 1), np.int32), None
         seg_info["source"] = "none (image-level readouts only)"
     elif labels is not None:
-        cells_lab = _as_labels(labels, image, "labels")
+        cells_lab = lazy_labels(labels, image) if big else _as_labels(labels, image, "labels")
         nuc_lab = _as_labels(nuclei, image, "nuclei") if nuclei is not None else None
         seg_info["source"] = str(labels) if isinstance(labels, (str, Path)) else "given"
     else:
@@ -170,6 +173,10 @@ def measure_image(
         spots_df = pd.DataFrame({c: pd.Series(dtype=float) for c in ("y", "x", "intensity")})
     elif spots_table is not None:
         spots_df = spots_table.copy()
+    elif big:
+        spots_df, cells_df = spots_and_cells(
+            image, config, cells_lab, ch.exosome, dict(ch.markers), pixel_size, cancel=cancel
+        )
     else:
         spots_df = spots.detect_spots_from_config(exo, config.spots)
     timings["spots"] = time.perf_counter() - t1
@@ -180,6 +187,8 @@ def measure_image(
     if image_level:
         cells_df = pd.DataFrame({"cell_id": pd.Series(dtype=np.int64)})
         exo_m = lab_m = None
+    elif big:  # measured with the puncta; the lazy exosome plane for the writers
+        exo_m, lab_m = image.data[ch.exosome, 0], cells_lab[0]
     else:
         # a single plane is measured in 2D (no z column)
         lab_m = squeeze_plane(cells_lab)

@@ -12,7 +12,8 @@ One small method, every step vectorised over pixels and puncta, 2D ``(Y, X)`` an
    punctum size estimated from the image (``radius_px="auto"``).
 5. :mod:`.decompose`: the cluster-aware count of bright aggregates.
 
-:func:`detect_spots` runs them; :func:`match_spots` scores detections against ground truth.
+:func:`detect_spots` runs them; :func:`detect_spots_tiled` gives the same puncta on a big (lazy)
+image tile by tile; :func:`match_spots` scores detections against ground truth.
 """
 
 from .detect import (
@@ -24,6 +25,7 @@ from .detect import (
 )
 from .filters import filter_image
 from .match import MatchCounts, SpotMatch, match_spots
+from .tiled import detect_spots_tiled
 
 __all__ = [
     "SPOT_COLUMNS",
@@ -31,6 +33,7 @@ __all__ = [
     "SpotMatch",
     "detect_spots",
     "detect_spots_from_config",
+    "detect_spots_tiled",
     "estimate_psf_sigma",
     "filter_image",
     "learn_threshold",

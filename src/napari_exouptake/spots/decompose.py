@@ -54,8 +54,20 @@ def count_estimate(
     the larger of the core and full-disc estimates (an aggregate spread beyond the PSF loses
     flux outside the core).
     """
+    core = core_intensity(img, peaks, bg, radius)
+    return count_from_core(core, intensity, ref, spread)
+
+
+def core_intensity(img: np.ndarray, peaks: np.ndarray, bg: np.ndarray, radius: np.ndarray):
+    """Background-corrected flux in the core aperture of :func:`count_estimate`."""
+    return disc_intensity(img, peaks, bg, _COUNT_APERTURE * radius)
+
+
+def count_from_core(
+    core: np.ndarray, intensity: np.ndarray, ref: float, spread: float
+) -> np.ndarray:
+    """:func:`count_estimate` from the core-aperture fluxes (the image-wide step)."""
     n_full = np.floor(intensity / ref + 0.5 - _ROUND_OFFSET)
-    core = disc_intensity(img, peaks, bg, _COUNT_APERTURE * radius)
     ok = (core > 0) & (intensity > 0)
     k = float(np.median(core[ok] / intensity[ok])) if ok.any() else 1.0
     ratio = core / (ref * k)
