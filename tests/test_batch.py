@@ -233,7 +233,7 @@ def test_missing_labels_fail_that_image(sim, tmp_path):
     res = analyze_batch(sim / "images", sim / "config.yaml", tmp_path / "out", labels=labels)
     assert list(res.failed) == ["untreated_000"]
     assert res.failed["untreated_000"].endswith(
-        f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif)"
+        f"no label image for 'untreated_000' in {labels} (looked for untreated_000_cells.tif/.zarr)"
     )
 
 

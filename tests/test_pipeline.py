@@ -470,3 +470,34 @@ def test_missing_control_condition_says_how_to_fix(sample):
     )
     with pytest.raises(ConfigError, match="Add the control's images to the run"):
         pipeline.finalize([r], explicit)
+
+
+def test_qc_overlay_of_a_whole_well_is_drawn_subsampled(tmp_path, monkeypatch):
+    """A plane longer than the QC size (2048 px) is shown every k-th pixel, puncta scaled."""
+    import napari_exouptake._qc as qc
+
+    rng = np.random.default_rng(0)
+    data = rng.poisson(100, (3, 4300, 40)).astype(np.uint16)
+    yy, xx = np.mgrid[0:4300, 0:40]
+    for y0 in (1000.0, 3000.0):  # two bright puncta in the EV channel
+        data[1] += (2000 * np.exp(-((yy - y0) ** 2 + (xx - 20.0) ** 2) / 2.0)).astype(np.uint16)
+    lab = np.zeros((4300, 40), np.int32)
+    lab[900:1100, 5:35], lab[2900:3100, 5:35] = 1, 2
+    r = pipeline.analyze_image(
+        from_array(data, "CYX", ["DAPI", "PKH", "CD31"]), _cfg3(), labels=lab
+    )
+    assert len(r.spots) == 2
+    seen = {}
+    draw = qc.draw_overlay
+
+    def spy(exo, cells, nuclei, spots, *args, **kw):
+        seen.update(
+            shape=exo.shape[-2:], cells=cells.shape[-2:], y=sorted(spots["y"].round().tolist())
+        )
+        return draw(exo, cells, nuclei, spots, *args, **kw)
+
+    monkeypatch.setattr(qc, "draw_overlay", spy)
+    pipeline.write_outputs([r], tmp_path, _cfg3())
+    assert (tmp_path / "qc" / f"{r.image}_overlay.png").is_file()
+    assert seen["shape"] == seen["cells"] == (1434, 14)  # step 3: ceil(4300 / 2048)
+    assert seen["y"] == [333.0, 1000.0]  # the puncta at 1000 and 3000, divided by 3

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["draw_overlay", "run_contrast", "write_qc_png"]
+__all__ = ["draw_overlay", "qc_step", "run_contrast", "write_qc_png"]
 
 #: colours (RGB 0-255) of the overlay; the legend uses the same
 COLOURS = {
@@ -26,6 +26,15 @@ COLOURS = {
     "spot_in": (255, 40, 40),
     "spot_out": (255, 200, 0),
 }
+
+
+#: longest side of a QC overlay; bigger images (whole wells, mosaics) are shown subsampled
+QC_MAX_SIDE = 2048
+
+
+def qc_step(shape: tuple[int, ...], max_side: int = QC_MAX_SIDE) -> int:
+    """Subsampling step that brings an image's longer side to at most ``max_side`` px."""
+    return max(1, -(-max(shape[-2:]) // max_side))
 
 
 def _plane(a: np.ndarray) -> np.ndarray:

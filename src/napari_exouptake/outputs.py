@@ -208,19 +208,33 @@ def write_qc(
     cells_labels: np.ndarray | None = None,
     nuclei_labels: np.ndarray | None = None,
 ) -> Path:
-    """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`)."""
-    from ._qc import draw_overlay, write_qc_png
+    """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`).
+
+    An image whose longer side is over ``_qc.QC_MAX_SIDE`` (a whole well, a mosaic; possibly a
+    lazy array) is shown subsampled to that size: the EV plane and the labels every k-th pixel,
+    the puncta at their scaled positions, the scale bar in the shown pixels' size.
+    """
+    from ._qc import draw_overlay, qc_step, write_qc_png
 
     cells = result.cells
+    exo = result.exo_image if exo is None else exo
+    cells_labels = result.cells_labels if cells_labels is None else cells_labels
     nuclei_labels = result.nuclei_labels if nuclei_labels is None else nuclei_labels
+    spots, pixel_size = result.spots, result.provenance.get("pixel_size_um")
+    k = qc_step(np.shape(exo))
+    if k > 1:
+        exo, cells_labels = exo[..., ::k, ::k], cells_labels[..., ::k, ::k]
+        nuclei_labels = None if nuclei_labels is None else nuclei_labels[..., ::k, ::k]
+        spots = spots.assign(y=spots["y"] / k, x=spots["x"] / k) if len(spots) else spots
+        pixel_size = pixel_size * k if pixel_size else pixel_size
     pos = (
         cells.loc[cells["exo_positive"].astype(bool), "cell_id"] if "exo_positive" in cells else []
     )
     rgb = draw_overlay(
-        result.exo_image if exo is None else exo,
-        result.cells_labels if cells_labels is None else cells_labels,
-        nuclei_labels,
-        result.spots,
+        np.asarray(exo),
+        np.asarray(cells_labels),
+        None if nuclei_labels is None else np.asarray(nuclei_labels),
+        spots,
         np.asarray(pos, dtype=np.int64),
         contrast,
     )
@@ -228,7 +242,7 @@ def write_qc(
         path,
         rgb,
         title=qc_title(result.image, result.condition, cells),
-        pixel_size_um=result.provenance.get("pixel_size_um"),
+        pixel_size_um=pixel_size,
         contrast=contrast,
         with_nuclei=nuclei_labels is not None,
     )

@@ -21,7 +21,6 @@ from .lock import run_lock
 from .manifest import _jsonable, analysis_hash
 from .publish import _clean_results, _current_generation, _new_generation, _place, _publish
 from .sheets import _sheet_row
-from .work import _qc_step
 
 __all__ = ["merge_parts", "refresh_report"]
 
@@ -331,7 +330,7 @@ def refresh_report(out: str | Path) -> Path | None:
 def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
     """``qc/<image>_overlay.png`` for every merged image: one contrast for the whole run,
     EV-positive cells marked (run-level calls), from each part's saved EV plane and labels."""
-    from .._qc import run_contrast
+    from .._qc import qc_step, run_contrast
     from ..io import read_labels
     from ..pipeline import write_qc
 
@@ -347,10 +346,10 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
         if r.image not in planes:
             continue
         pdir = files_of[r.image]
-        cells_lab = read_labels(pdir / "labels" / f"{r.image}_cells.tif")
+        cells_lab = read_labels(pdir / "labels" / f"{r.image}_cells.tif", lazy=True)
         nuc_path = pdir / "labels" / f"{r.image}_nuclei.tif"
-        nuclei = read_labels(nuc_path) if nuc_path.is_file() else None
-        k = _qc_step(cells_lab.shape)
+        nuclei = read_labels(nuc_path, lazy=True) if nuc_path.is_file() else None
+        k = qc_step(cells_lab.shape)
         shown = r
         if k > 1:  # the saved plane was subsampled: subsample the labels, scale the puncta
             cells_lab = cells_lab[..., ::k, ::k]
@@ -366,8 +365,8 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
                 shown,
                 contrast,
                 exo=np.load(planes[r.image]),
-                cells_labels=cells_lab,
-                nuclei_labels=nuclei,
+                cells_labels=np.asarray(cells_lab),
+                nuclei_labels=None if nuclei is None else np.asarray(nuclei),
             )
         except Exception as exc:  # a QC picture must not fail the run
             log.warning("%s: QC overlay not written: %s", r.image, exc)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._qc import qc_step
 from ..io import replace_dir
 from ..logs import LOG_FORMAT
+from ..results import squeeze_plane
 from .layout import _LOG_NAME, PART_VERSION, _part_dir
 from .manifest import _jsonable, _Task
 from .stacks import _LabelSource, _units
@@ -105,9 +107,11 @@ def _analyze_file(task: _Task) -> dict[str, Any]:
             spots_frames.append(res.spots)
             labels_dir = tmp / "labels"
             if res.exo_image is not None:  # None: image-level readouts only, no cells
-                write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(res.cells_labels))
+                write_labels(labels_dir / f"{unit.name}_cells.tif", squeeze_plane(res.cells_labels))
             if res.nuclei_labels is not None:
-                write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(res.nuclei_labels))
+                write_labels(
+                    labels_dir / f"{unit.name}_nuclei.tif", squeeze_plane(res.nuclei_labels)
+                )
             if task.overlays and res.exo_image is not None:
                 # the overlay is drawn at merge time (run-wide contrast, positive cells)
                 (tmp / "qc").mkdir(exist_ok=True)
@@ -158,27 +162,18 @@ def _segment_file(task: _Task) -> dict[str, Any]:
     n_cells = 0
     for unit in _units(task, lambda name, t, n_t: False):
         seg = segment(unit.image, task.config)
-        write_labels(labels_dir / f"{unit.name}_cells.tif", _squeeze(seg.cells))
+        write_labels(labels_dir / f"{unit.name}_cells.tif", squeeze_plane(seg.cells))
         files.append(f"{unit.name}_cells.tif")
         if seg.nuclei is not None and task.config.segmentation.mode != "nuclei":
-            write_labels(labels_dir / f"{unit.name}_nuclei.tif", _squeeze(seg.nuclei))
+            write_labels(labels_dir / f"{unit.name}_nuclei.tif", squeeze_plane(seg.nuclei))
             files.append(f"{unit.name}_nuclei.tif")
         n_cells += seg.n_cells
     return {"units": len(files), "cells": n_cells, "files": files}
-
-
-def _squeeze(labels: np.ndarray) -> np.ndarray:
-    return labels[0] if labels.ndim == 3 and labels.shape[0] == 1 else labels
 
 
 def _qc_plane(exo: np.ndarray) -> np.ndarray:
     """The EV channel as the QC overlay shows it: 2D (maximum projection), float32."""
     exo = np.asarray(exo)
     plane = exo.max(axis=0) if exo.ndim == 3 else exo
-    k = _qc_step(plane.shape)
+    k = qc_step(plane.shape)
     return np.ascontiguousarray(plane[::k, ::k], dtype=np.float32)
-
-
-def _qc_step(shape: tuple[int, ...], max_side: int = 2048) -> int:
-    """Subsampling step of the saved QC plane: whole-well images are kept at <= 2048 px."""
-    return max(1, -(-max(shape[-2:]) // max_side))
