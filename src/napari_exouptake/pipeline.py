@@ -16,7 +16,6 @@ import fnmatch
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,8 @@ import numpy as np
 import pandas as pd
 
 from .config import (
-    CONTROL_EXO_RULE,
     DEFAULT_RADIUS_PX,
     AssayConfig,
-    ConfigError,
-    PositivityRule,
     resolve_channel,
 )
 from .io import ImageData, read_image, read_labels
@@ -49,6 +45,7 @@ from .outputs import (
 )
 from .progress import Cancel, Progress, check, report, within
 from .results import AnalysisResult, images_table, squeeze_plane
+from .runlevel import MIN_AUTO_IMAGES, finalize
 
 __all__ = [
     "AnalysisResult",
@@ -84,10 +81,6 @@ def condition_for(name: str, config: AssayConfig) -> str | None:
     return None
 
 
-def _marker_names(config: AssayConfig) -> list[str]:
-    return list(config.channels.markers)
-
-
 def measure_image(
     image: ImageData | str | Path,
     config: AssayConfig,
@@ -106,8 +99,8 @@ def measure_image(
     readouts; no ``*_positive`` column, empty ``thresholds`` and ``summary``. A run hands its
     images' results to :func:`finalize` together, once.
     """
-    from . import measure, spots
-    from .big_image import is_big, lazy_labels, spots_and_cells
+    from . import spots
+    from .big_image import is_big, spots_and_cells
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -142,28 +135,13 @@ def measure_image(
 
     # -- segmentation ------------------------------------------------------------------------
     step("segmentation", 0.0)
-    seg_info: dict[str, Any] = {}
     if image_level:
         cells_lab, nuc_lab = np.zeros((1, 1, 1), np.int32), None
-        seg_info["source"] = "none (image-level readouts only)"
-    elif labels is not None:
-        cells_lab = lazy_labels(labels, image) if big else _as_labels(labels, image, "labels")
-        nuc_lab = _as_labels(nuclei, image, "nuclei") if nuclei is not None else None
-        seg_info["source"] = str(labels) if isinstance(labels, (str, Path)) else "given"
+        seg_info: dict[str, Any] = {"source": "none (image-level readouts only)"}
     else:
-        from .segmentation import segment
-
-        seg = segment(image, config, progress=within(progress, 0.0, 0.5), cancel=cancel)
-        cells_lab = _as_labels(seg.cells, image, "segmentation labels")
-        nuc_lab = None if seg.nuclei is None else _as_labels(seg.nuclei, image, "nuclei")
-        seg_info.update(
-            source="cellpose",
-            device=seg.device,
-            model=seg.model_id,
-            model_sha256=seg.model_sha256,
-            cellpose_version=seg.cellpose_version,
+        cells_lab, nuc_lab, seg_info = _segmentation_step(
+            image, config, labels, nuclei, big, timings, progress, cancel
         )
-        timings.update({f"segmentation_{k}": v for k, v in seg.timings.items()})
     timings["segmentation"] = time.perf_counter() - t0
 
     # -- puncta ------------------------------------------------------------------------------
@@ -190,54 +168,15 @@ def measure_image(
     elif big:  # measured with the puncta; the lazy exosome plane for the writers
         exo_m, lab_m = image.data[ch.exosome, 0], cells_lab[0]
     else:
-        # a single plane is measured in 2D (no z column)
-        lab_m = squeeze_plane(cells_lab)
-        channels_m = {"exosome": squeeze_plane(exo)}
-        channels_m.update(
-            {
-                m: squeeze_plane(_channel_float(image, i, f"markers.{m}"))
-                for m, i in ch.markers.items()
-            }
+        spots_df, cells_df, exo_m, lab_m = _measure_step(
+            image, ch, exo, cells_lab, nuc_lab, spots_df, pixel_size
         )
-        spots_df = measure.assign_spots(spots_df, lab_m)
-        cells_df = measure.measure_cells(
-            lab_m,
-            channels_m,
-            spots_df,
-            nuclei=None if nuc_lab is None else squeeze_plane(nuc_lab),
-            pixel_size_um=pixel_size,
-            z_step_um=image.z_step_um,
-            marker_names=list(ch.markers),
-            spot_radius_px=float(spots_df.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
-        )
-        exo_m = channels_m["exosome"]
     timings["measure"] = time.perf_counter() - t2
 
     # -- image-level readouts ----------------------------------------------------------------
     step("readouts", 0.85)
-    extras: dict[str, Any] = {}
-    readouts: dict[str, Any] = {}
     planes = {key: readout_plane(image, idx) for key, idx in readout_channels.items()}
-    if config.tubes is not None:
-        from .tubes import analyze_tubes
-
-        params = config.tubes.model_dump(exclude={"channel"})
-        res = analyze_tubes(planes["tubes"], pixel_size_um=pixel_size, **params)
-        extras["tubes"] = res
-        readouts.update(res.metrics)
-    if config.collagen is not None:
-        from .collagen import analyze_collagen, collagen_per_cell
-
-        params = config.collagen.model_dump(exclude={"channel", "ring_width_px"})
-        res = analyze_collagen(planes["collagen"], pixel_size_um=pixel_size, **params)
-        extras["collagen"] = res
-        readouts.update(res.metrics)
-        if lab_m is not None and lab_m.ndim == 2 and len(cells_df):
-            per_cell = collagen_per_cell(
-                lab_m, planes["collagen"], ring_width_px=config.collagen.ring_width_px
-            )
-            cells_df = cells_df.merge(per_cell, on="cell_id", how="left")
-
+    extras, readouts, cells_df = _readouts_step(config, planes, pixel_size, lab_m, cells_df)
     if extras:
         extras["qc"] = draw_readout_overlays(planes, extras)
     cells_df.insert(0, "image", name)
@@ -270,6 +209,97 @@ def measure_image(
         extras={**extras, "readouts": readouts},
         exo_image=exo_m,
     )
+
+
+def _segmentation_step(
+    image: ImageData,
+    config: AssayConfig,
+    labels: Any,
+    nuclei: Any,
+    big: bool,
+    timings: dict[str, float],
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Cell and nucleus labels: given (lazy for a big plane) or segmented with Cellpose."""
+    from .big_image import lazy_labels
+
+    if labels is not None:
+        cells_lab = lazy_labels(labels, image) if big else _as_labels(labels, image, "labels")
+        nuc_lab = _as_labels(nuclei, image, "nuclei") if nuclei is not None else None
+        source = str(labels) if isinstance(labels, (str, Path)) else "given"
+        return cells_lab, nuc_lab, {"source": source}
+    from .segmentation import segment
+
+    seg = segment(image, config, progress=within(progress, 0.0, 0.5), cancel=cancel)
+    cells_lab = _as_labels(seg.cells, image, "segmentation labels")
+    nuc_lab = None if seg.nuclei is None else _as_labels(seg.nuclei, image, "nuclei")
+    timings.update({f"segmentation_{k}": v for k, v in seg.timings.items()})
+    info = {
+        "source": "cellpose",
+        "device": seg.device,
+        "model": seg.model_id,
+        "model_sha256": seg.model_sha256,
+        "cellpose_version": seg.cellpose_version,
+    }
+    return cells_lab, nuc_lab, info
+
+
+def _measure_step(image, ch, exo, cells_lab, nuc_lab, spots_df, pixel_size):
+    """Puncta assigned to cells and the per-cell table of an image held in memory (a single
+    plane is measured in 2D, without a z column); also the EV plane and labels measured."""
+    from . import measure
+
+    lab_m = squeeze_plane(cells_lab)
+    channels_m = {"exosome": squeeze_plane(exo)}
+    channels_m.update(
+        {m: squeeze_plane(_channel_float(image, i, f"markers.{m}")) for m, i in ch.markers.items()}
+    )
+    spots_df = measure.assign_spots(spots_df, lab_m)
+    cells_df = measure.measure_cells(
+        lab_m,
+        channels_m,
+        spots_df,
+        nuclei=None if nuc_lab is None else squeeze_plane(nuc_lab),
+        pixel_size_um=pixel_size,
+        z_step_um=image.z_step_um,
+        marker_names=list(ch.markers),
+        spot_radius_px=float(spots_df.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
+    )
+    return spots_df, cells_df, channels_m["exosome"], lab_m
+
+
+def _readouts_step(
+    config: AssayConfig,
+    planes: dict[str, Any],
+    pixel_size: float | None,
+    lab_m: Any,
+    cells_df: pd.DataFrame,
+) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
+    """Tube-network and collagen readouts of their planes (result objects, image-level
+    metrics); collagen per cell joins the cells table when there are 2D cell labels."""
+    extras: dict[str, Any] = {}
+    readouts: dict[str, Any] = {}
+    if config.tubes is not None:
+        from .tubes import analyze_tubes
+
+        params = config.tubes.model_dump(exclude={"channel"})
+        res = analyze_tubes(planes["tubes"], pixel_size_um=pixel_size, **params)
+        extras["tubes"] = res
+        readouts.update(res.metrics)
+    if config.collagen is not None:
+        from .collagen import analyze_collagen, collagen_per_cell
+
+        params = config.collagen.model_dump(exclude={"channel", "ring_width_px"})
+        res = analyze_collagen(planes["collagen"], pixel_size_um=pixel_size, **params)
+        extras["collagen"] = res
+        readouts.update(res.metrics)
+        if lab_m is not None and lab_m.ndim == 2 and len(cells_df):
+            per_cell = collagen_per_cell(
+                lab_m, planes["collagen"], ring_width_px=config.collagen.ring_width_px
+            )
+            cells_df = cells_df.merge(per_cell, on="cell_id", how="left")
+    return extras, readouts, cells_df
 
 
 def analyze_image(
@@ -396,162 +426,6 @@ def _detection_provenance(attrs: dict) -> dict:
             out[k] = None
         else:
             out[k] = float(v)
-    return out
-
-
-#: an ``auto`` threshold fitted on fewer images than this is reported with a warning
-MIN_AUTO_IMAGES = 3
-
-
-def finalize(
-    results: Sequence[AnalysisResult],
-    config: AssayConfig,
-    control_cells: pd.DataFrame | None = None,
-    *,
-    pending_control_ok: bool = False,
-) -> list[AnalysisResult]:
-    """Apply positivity thresholds over a whole run and fill each image's summary.
-
-    ``auto`` thresholds are computed from all cells of the run pooled; ``control`` thresholds
-    from the cells of ``config.positivity.control_condition`` (or ``control_cells`` when given,
-    e.g. from a separate control plate). The result is independent of the order of images.
-
-    Parameters
-    ----------
-    results : sequence of AnalysisResult
-    config : AssayConfig
-    control_cells : pandas.DataFrame, optional
-
-    Returns
-    -------
-    list of AnalysisResult
-        New results with ``*_positive`` columns, ``thresholds`` and ``summary`` set.
-    """
-    from . import measure
-
-    if not results:
-        return []
-    markers = _marker_names(config)
-    frames = [r.cells for r in results]
-    all_cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    control = config.positivity.control_condition
-    if control_cells is None and control is not None and "condition" in all_cells.columns:
-        sel = all_cells["condition"] == control
-        control_cells = all_cells[sel] if sel.any() else None
-    marker_rules = {
-        k: m.positivity for k, m in config.channels.markers.items() if m.positivity is not None
-    }
-    positivity = config.positivity
-    pending = False
-    no_control = control_cells is None or len(control_cells) == 0
-    implied_only = positivity.exosome == PositivityRule(**CONTROL_EXO_RULE) and not any(
-        r.method == "control" for r in [positivity.markers, *marker_rules.values()]
-    )
-    run_warnings: list[str] = []
-    if no_control and implied_only and not pending_control_ok:
-        # the cut-off implied by control_condition, and no control image in this run: the
-        # run still gets its tables, with the rule used and a warning on record
-        found = sorted({str(r.condition) for r in results})
-        run_warnings.append(
-            f"no {control!r} (control_condition) cells in this run (conditions: "
-            f"{', '.join(found)}): EV-positive = at least 1 punctum instead of the control's "
-            "95th percentile; include the control's images to use it"
-        )
-        positivity = positivity.model_copy(
-            update={"exosome": PositivityRule(method="fixed", value=1, metric="exo_spot_count")}
-        )
-    uses_control = positivity.exosome.method == "control" or any(
-        r.method == "control" for r in [positivity.markers, *marker_rules.values()]
-    )
-    if uses_control and no_control:
-        if not pending_control_ok:
-            found = sorted({str(r.condition) for r in results})
-            raise ConfigError(
-                "positivity method 'control' needs cells of the control condition "
-                f"{control!r} (positivity.control_condition); the images' conditions are "
-                f"{', '.join(found)}. Add the control's images to the run, or remove "
-                "control_condition, or give positivity.exosome a fixed rule"
-            )
-        pending = True
-        log.info(
-            "no %r control cells among these images: until the run-level thresholds are "
-            "applied, 'control' uptake uses >= 1 punctum and 'control' markers use 'auto'",
-            control,
-        )
-
-        def _auto(rule):
-            return rule.model_copy(update={"method": "auto"}) if rule.method == "control" else rule
-
-        exo_rule = positivity.exosome
-        if exo_rule.method == "control":  # until the control is in: at least one punctum
-            exo_rule = exo_rule.model_copy(
-                update={"method": "fixed", "value": 1.0, "metric": "exo_spot_count"}
-            )
-        positivity = positivity.model_copy(
-            update={"exosome": exo_rule, "markers": _auto(positivity.markers)}
-        )
-        marker_rules = {k: _auto(v) for k, v in marker_rules.items()}
-    if config.image_level_only():  # no cells: nothing to call positive
-        classified, thresholds, records = all_cells, {}, {}
-    else:
-        classified, thresholds, records = measure.positivity_calls(
-            all_cells,
-            positivity,
-            markers,
-            control_cells=control_cells,
-            marker_rules=marker_rules,
-        )
-        conds = sorted({str(r.condition) for r in results if r.condition is not None})
-        if run_warnings:
-            records["exo"]["warnings"] = [*run_warnings, *records["exo"].get("warnings", [])]
-            records["exo"]["fitted_on"] = f"fixed value (no {control!r} cells in the run)"
-        for key, rec in records.items():
-            if rec.get("method") == "auto":
-                rec["fitted_on"] = f"{rec['fitted_on']} ({len(results)} image(s)" + (
-                    f"; conditions {', '.join(conds)})" if conds else ")"
-                )
-                if len(results) < MIN_AUTO_IMAGES:
-                    rec["warnings"].append(
-                        f"fitted on {len(results)} image(s) only: 'auto' thresholds depend on "
-                        "which images are in the run; compare runs with fixed or control "
-                        "thresholds"
-                    )
-            if rec.get("method") == "control" and control is not None:
-                rec["fitted_on"] = f"{rec['fitted_on']} of condition {control!r}"
-                rec["control_condition"] = control
-            for w in rec.get("warnings", []):  # one image of a run (pending_control_ok): quiet
-                log.log(
-                    logging.DEBUG if pending_control_ok else logging.WARNING,
-                    "positivity %s (%s): %s",
-                    key,
-                    rec["metric"],
-                    w,
-                )
-    out = []
-    start = 0
-    for r in results:
-        n = len(r.cells)
-        cells = classified.iloc[start : start + n].reset_index(drop=True)
-        start += n
-        summary = (
-            {} if config.image_level_only() else measure.summarize_image(cells, r.spots, markers)
-        )
-        summary = {"image": r.image, **summary}
-        if r.condition is not None:
-            summary["condition"] = r.condition
-        summary.update(r.extras.get("readouts", {}))
-        prov = {**r.provenance, "positivity_pending": pending}
-        extras = {**r.extras, "positivity": records}
-        out.append(
-            replace(
-                r,
-                cells=cells,
-                thresholds=dict(thresholds),
-                summary=summary,
-                provenance=prov,
-                extras=extras,
-            )
-        )
     return out
 
 
