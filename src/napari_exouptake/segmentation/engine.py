@@ -335,35 +335,14 @@ def segment(
         raise ValueError(f"segmentation.mode must be cells, nuclei or expand, got {mode!r}")
     roles = config.channels.resolve(image.channel_names)
     cell_ch, nuc_ch = roles.cell, roles.nucleus
-    listing = ", ".join(f"{i}: {n}" for i, n in enumerate(image.channel_names))
-    if mode == "cells" and cell_ch is None:
-        raise ValueError(
-            "segmentation.mode 'cells' needs channels.cell (the cytoplasm or "
-            f"membrane channel); the image's channels are ({listing})"
-        )
-    if mode in ("nuclei", "expand") and nuc_ch is None:
-        raise ValueError(
-            f"segmentation.mode {mode!r} needs channels.nucleus; the image's "
-            f"channels are ({listing})"
-        )
+    _check_mode_channels(mode, cell_ch, nuc_ch, image.channel_names)
 
     major = cellpose_major_version()
     seg = Segmentation(cells=np.zeros(0, np.int32), mode=mode, cellpose_version=cellpose_version())
     timings: dict[str, float] = {"load": 0.0, "cells": 0.0, "nuclei": 0.0, "expand": 0.0}
 
     # models (resolved up front: a missing model fails before any work)
-    rm_main = rm_nuc = None
-    if mode in ("cells", "nuclei"):
-        rm_main = resolve_model(sc.model, major)
-    nuc_model_name = sc.nuclei_model
-    if mode == "expand" and nuc_model_name is None:
-        nuc_model_name = (
-            sc.model if "nucle" in sc.model.lower() else (_default_nuclei_model(sc.model, major))
-        )
-    elif mode == "cells" and nuc_ch is not None and nuc_model_name is None:
-        nuc_model_name = _default_nuclei_model(sc.model, major)
-    if (mode == "expand") or (mode == "cells" and nuc_ch is not None):
-        rm_nuc = resolve_model(nuc_model_name, major)
+    rm_main, rm_nuc = _models_for(sc, nuc_ch is not None, major)
     if major == 0:
         raise ModelNotAvailableError("Cellpose is not installed: pip install 'cellpose>=3.1.1'")
 
@@ -429,20 +408,8 @@ def segment(
             nuclei, cells = cells, cells
         elif mode == "expand":
             t0 = time.perf_counter()
-            if px:
-                dist = sc.expand_um / px
-            else:
-                dist = sc.expand_um
-                msg = (
-                    "no pixel size (config.pixel_size_um or file metadata): expand_um "
-                    "taken as pixels"
-                )
-                seg.warn(msg, once=True)
-            signal = None
-            if sc.expand_method == "watershed":
-                sch = cell_ch if cell_ch is not None else roles.exosome
-                signal = None if sch is None else np.asarray(fr.data[sch], dtype=np.float32)
-            cells = _expand_stack(nuclei, dist, sc.expand_method, signal, spacing)
+            sch = cell_ch if cell_ch is not None else roles.exosome
+            cells = _expand_frame(fr, nuclei, sc, px, sch, spacing, seg)
             timings["expand"] += time.perf_counter() - t0
         cells_out.append(cells)
         nuc_out.append(nuclei)
@@ -470,6 +437,53 @@ def segment(
     timings["total"] = time.perf_counter() - t_all
     seg.timings = timings
     return seg
+
+
+def _check_mode_channels(mode: str, cell_ch, nuc_ch, channel_names) -> None:
+    """The channel roles ``mode`` needs are set (the message lists the image's channels)."""
+    listing = ", ".join(f"{i}: {n}" for i, n in enumerate(channel_names))
+    if mode == "cells" and cell_ch is None:
+        raise ValueError(
+            "segmentation.mode 'cells' needs channels.cell (the cytoplasm or "
+            f"membrane channel); the image's channels are ({listing})"
+        )
+    if mode in ("nuclei", "expand") and nuc_ch is None:
+        raise ValueError(
+            f"segmentation.mode {mode!r} needs channels.nucleus; the image's "
+            f"channels are ({listing})"
+        )
+
+
+def _models_for(sc, has_nucleus_channel: bool, major: int):
+    """The main and the nuclei model a mode runs (each a resolved model or None)."""
+    mode = sc.mode
+    rm_main = rm_nuc = None
+    if mode in ("cells", "nuclei"):
+        rm_main = resolve_model(sc.model, major)
+    nuc_model_name = sc.nuclei_model
+    if mode == "expand" and nuc_model_name is None:
+        nuc_model_name = (
+            sc.model if "nucle" in sc.model.lower() else (_default_nuclei_model(sc.model, major))
+        )
+    elif mode == "cells" and has_nucleus_channel and nuc_model_name is None:
+        nuc_model_name = _default_nuclei_model(sc.model, major)
+    if (mode == "expand") or (mode == "cells" and has_nucleus_channel):
+        rm_nuc = resolve_model(nuc_model_name, major)
+    return rm_main, rm_nuc
+
+
+def _expand_frame(fr, nuclei, sc, px, signal_ch, spacing, seg) -> np.ndarray:
+    """Cells of one frame as its nuclei grown by ``expand_um`` (``expand_method``)."""
+    if px:
+        dist = sc.expand_um / px
+    else:
+        dist = sc.expand_um
+        msg = "no pixel size (config.pixel_size_um or file metadata): expand_um taken as pixels"
+        seg.warn(msg, once=True)
+    signal = None
+    if sc.expand_method == "watershed" and signal_ch is not None:
+        signal = np.asarray(fr.data[signal_ch], dtype=np.float32)
+    return _expand_stack(nuclei, dist, sc.expand_method, signal, spacing)
 
 
 def _expand_stack(
