@@ -25,7 +25,7 @@ def test_tiled_labels_of_a_run_are_read_back_by_labels_input(tmp_path, monkeypat
     cfg = save_config(load_config(cfg), tmp_path / "config.yaml") or tmp_path / "config.yaml"
     first = analyze_batch(sim / "images", cfg, tmp_path / "a", labels=sim / "labels")
     assert first.exit_code == 0
-    monkeypatch.setattr(io, "TILED_LABELS_ABOVE_PX", 100 * 100)  # 160 x 160 counts as big
+    monkeypatch.setattr(io.labels, "TILED_LABELS_ABOVE_PX", 100 * 100)  # 160 x 160 counts as big
     tiled = tmp_path / "tiled"
     tiled.mkdir()
     for f in (sim / "labels").glob("*.tif"):

@@ -215,9 +215,9 @@ def test_lazy_tiff_reads_only_what_is_taken(tmp_path, czyx, monkeypatch):
     assert lazy.data.shape == eager.data.shape == czyx.shape
     assert np.array_equal(np.asarray(lazy.channel(2)), czyx[2])
     # the size rule: above LAZY_ABOVE_BYTES the default read is lazy
-    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", czyx.nbytes - 1)
+    monkeypatch.setattr(io.lazy, "LAZY_ABOVE_BYTES", czyx.nbytes - 1)
     assert io.is_lazy(read_image(path).data)
-    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", czyx.nbytes)
+    monkeypatch.setattr(io.lazy, "LAZY_ABOVE_BYTES", czyx.nbytes)
     assert not io.is_lazy(read_image(path).data)
 
 
@@ -229,7 +229,7 @@ def test_big_labels_tiled_tiff_and_ome_zarr(tmp_path, monkeypatch, lazy_input, s
 
     import napari_exouptake.io as io
 
-    monkeypatch.setattr(io, "TILED_LABELS_ABOVE_PX", 100 * 100)  # "big" = over 100 x 100
+    monkeypatch.setattr(io.labels, "TILED_LABELS_ABOVE_PX", 100 * 100)  # "big" = over 100 x 100
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 70_000, size=(300, 517)).astype(np.uint32)  # edge tiles partial
     arr = da.from_array(labels, chunks=(128, 100)) if lazy_input else labels
@@ -296,7 +296,7 @@ def test_scene_of_a_tiff_is_refused(tmp_path, czyx):
     [(0.5, 0.5), (0, None), (0.0, None), (-6.23, None), (float("nan"), None), (None, None)],
 )
 def test_pixel_size_nonsense_is_unknown(value, expected, caplog, tmp_path):
-    from napari_exouptake.io import _valid_size
+    from napari_exouptake.io.formats import _valid_size
 
     with caplog.at_level("WARNING", logger="napari_exouptake.io"):
         assert _valid_size(value, "X", tmp_path / "f.czi") == expected
@@ -624,7 +624,7 @@ def test_rgb_scene_and_nan_size_through_the_bioio_path(tmp_path, monkeypatch, ca
     import napari_exouptake.io as io
 
     rgb = np.random.default_rng(2).integers(0, 255, (1, 1, 1, 12, 16, 3), dtype=np.uint8)
-    monkeypatch.setattr(io, "_open_bioio", lambda path, kind: _FakeBioImage(rgb))
+    monkeypatch.setattr(io.formats, "_open_bioio", lambda path, kind: _FakeBioImage(rgb))
     path = tmp_path / "slide.czi"
     path.write_bytes(b"x")
     with caplog.at_level("WARNING", logger="napari_exouptake.io"):
@@ -638,7 +638,7 @@ def test_rgb_scene_and_nan_size_through_the_bioio_path(tmp_path, monkeypatch, ca
 
 
 def test_scene_labels_are_safe_and_unique():
-    from napari_exouptake.io import _scene_labels
+    from napari_exouptake.io.formats import _scene_labels
 
     assert _scene_labels(["TR1", "Pos 1/A", "Pos 1:A", "", "Image:0", "x.y+z-1"]) == [
         "TR1",

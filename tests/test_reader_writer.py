@@ -302,7 +302,10 @@ def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
 
     labels, cells, _ = _tiny_results(tmp_path)
     eager = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
-    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", 100)  # the tiny image counts as big
+    # the tiny image counts as big: read_image reads the limit in io.lazy, the reader's label
+    # check reads the package's copy
+    monkeypatch.setattr(io.lazy, "LAZY_ABOVE_BYTES", 100)
+    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", 100)
     lazy = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
     for name in ("img cells", "PKH26"):
         assert io.is_lazy(lazy[name][0]) and not io.is_lazy(eager[name][0])
@@ -315,13 +318,14 @@ def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_reader_big_labels_tiled_tiff_or_ome_zarr(tmp_path, monkeypatch, suffix):
-    """Label images of big images (tiled TIFF above io.TILED_LABELS_ABOVE_PX, or OME-Zarr)
+    """Label images of big images (tiled TIFF above io.labels.TILED_LABELS_ABOVE_PX, or OME-Zarr)
     come back with their values and per-cell table; a Zarr store stays lazy."""
     pytest.importorskip("zarr", reason="OME-Zarr needs zarr (the formats extra)")
     import napari_exouptake.io as io
 
     labels, cells, _ = _tiny_results(tmp_path)
-    monkeypatch.setattr(io, "TILED_LABELS_ABOVE_PX", 10 * 10)  # the 20 x 30 labels count as big
+    # the 20 x 30 labels count as big
+    monkeypatch.setattr(io.labels, "TILED_LABELS_ABOVE_PX", 10 * 10)
     (tmp_path / "labels" / "img_cells.tif").unlink()
     write_labels(tmp_path / "labels" / f"img_cells{suffix}", labels)
     nuclei = (labels > 0).astype(np.uint16) * 3
