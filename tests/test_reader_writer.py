@@ -305,7 +305,6 @@ def test_reader_keeps_big_images_and_labels_lazy(tmp_path, monkeypatch):
     # the tiny image counts as big: read_image reads the limit in io.lazy, the reader's label
     # check reads the package's copy
     monkeypatch.setattr(io.lazy, "LAZY_ABOVE_BYTES", 100)
-    monkeypatch.setattr(io, "LAZY_ABOVE_BYTES", 100)
     lazy = {kw["name"]: (d, kw) for d, kw, _ in read_results_folder(str(tmp_path))}
     for name in ("img cells", "PKH26"):
         assert io.is_lazy(lazy[name][0]) and not io.is_lazy(eager[name][0])

@@ -110,7 +110,7 @@ def _read_labels_for_display(path: Path) -> Any:
         return io.read_labels(path, lazy=True)
     try:
         with tifffile.TiffFile(path) as tif:
-            big = tif.series[0].nbytes > io.LAZY_ABOVE_BYTES
+            big = tif.series[0].nbytes > io.lazy.LAZY_ABOVE_BYTES
     except Exception:  # read_labels gives the proper error
         big = False
     return io.read_labels(path, lazy=big)

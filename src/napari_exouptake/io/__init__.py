@@ -7,9 +7,9 @@ optional ``formats`` extra (bioio and its plugins) it also reads Zeiss ``.czi``,
 Leica ``.lif`` and OME-Zarr (``.zarr`` folders, bioformats2raw layout included); each scene
 (series) of such a file is one image, chosen with ``scene=`` (:func:`scene_names` lists them).
 
-Big images are read lazily: above :data:`LAZY_ABOVE_BYTES` (or with ``lazy=True``) the array is
-a dask array (from bioio, or from tifffile's zarr store for a TIFF), so taking one channel or
-plane reads only that part of the file.
+Big images are read lazily: above ``io.lazy.LAZY_ABOVE_BYTES`` (1 GiB; or with ``lazy=True``)
+the array is a dask array (from bioio, or from tifffile's zarr store for a TIFF), so taking one
+channel or plane reads only that part of the file.
 
 Where the axes come from, in order: the ``axes`` argument (the config's ``axes:`` key), the
 file's metadata (OME-XML, ImageJ hyperstack tags, RGB samples), and, for a plain multi-page TIFF
@@ -20,9 +20,9 @@ The package's modules: ``image`` (:class:`ImageData`, :func:`from_array`, axes, 
 errors), ``read`` (:func:`read_image`, PNG/JPEG, :func:`check_pixel_count`), ``tiff`` (TIFF
 metadata and axes), ``formats`` (bioio), ``lazy`` (dask arrays over TIFF and OME-Zarr),
 ``labels`` (:func:`write_labels`, :func:`read_labels`) and ``write`` (atomic writers, OME-TIFF,
-tables). Every name is importable from ``napari_exouptake.io``; the thresholds
-(:data:`LAZY_ABOVE_BYTES`, :data:`TILED_LABELS_ABOVE_PX`) are read where they live
-(``io.lazy``, ``io.labels``), so change them there.
+tables). Every function and class is importable from ``napari_exouptake.io``; the two
+thresholds live, and are read, in their modules: ``io.lazy.LAZY_ABOVE_BYTES`` and
+``io.labels.TILED_LABELS_ABOVE_PX`` (change them there).
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from .image import (
     from_array,
     is_lazy,
 )
-from .labels import TILED_LABELS_ABOVE_PX, read_labels, write_labels
-from .lazy import LAZY_ABOVE_BYTES
+from .labels import read_labels, write_labels
 from .read import check_pixel_count, read_image
 from .tiff import MAX_GUESSED_CHANNELS, clean_axes
 from .write import atomic_write, replace_dir, write_ome_tiff, write_table
@@ -48,11 +47,9 @@ from .write import atomic_write, replace_dir, write_ome_tiff, write_table
 __all__ = [
     "BIOIO_SUFFIXES",
     "FORMATS_INSTALL",
-    "LAZY_ABOVE_BYTES",
     "MAX_GUESSED_CHANNELS",
     "RASTER_SUFFIXES",
     "TIFF_SUFFIXES",
-    "TILED_LABELS_ABOVE_PX",
     "ImageData",
     "ImageReadError",
     "ImageTooLargeError",
