@@ -365,7 +365,7 @@ def test_numba_kernels_work_without_a_writable_cache(monkeypatch, caplog):
     """Where numba finds no writable cache location it raises at decoration; the kernels are
     then compiled without the on-disk cache and give the same sums."""
     numba = pytest.importorskip("numba")
-    from napari_exouptake import measure
+    from napari_exouptake.measure import runs as measure_runs
 
     real = numba.njit
 
@@ -379,12 +379,12 @@ def test_numba_kernels_work_without_a_writable_cache(monkeypatch, caplog):
     img = rng.integers(0, 1000, (20, 30)).astype(np.uint16)
     expected = measure_cells(labels, {"exosome": img})
     monkeypatch.setattr(numba, "njit", no_cache)
-    measure._run_sum_kernel.cache_clear()
+    measure_runs._run_sum_kernel.cache_clear()
     try:
         with caplog.at_level("INFO", logger="napari_exouptake._numba"):
             got = measure_cells(labels, {"exosome": img})
     finally:
-        measure._run_sum_kernel.cache_clear()
+        measure_runs._run_sum_kernel.cache_clear()
     assert "numba cannot cache run_sums" in caplog.text
     pd.testing.assert_frame_equal(got, expected)
     sums = np.bincount(labels.ravel(), weights=img.ravel())[1:]
