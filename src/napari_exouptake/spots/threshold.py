@@ -30,6 +30,7 @@ __all__ = [
     "blob_like",
     "decoy_threshold",
     "expected_false",
+    "final_selection",
     "local_extrema",
     "select_puncta",
 ]
@@ -295,7 +296,33 @@ def select_puncta(
     nmap = local_noise_map(resid, maxima[first], bp.radius, noise)
     del resid
     nmax = nmap[tuple(maxima.T)].astype(np.float64)
-    smax, smin = vmax / nmax, vmin / nmap[tuple(minima.T)]
+    smin = vmin / nmap[tuple(minima.T)]
+    peaks, snr_p, thr, t_snr = final_selection(
+        maxima, vmax, nmax, minima, smin, free_max, free_min, fdr, bp, noise
+    )
+    return Selection(peaks, snr_p, thr, t_snr, noise)
+
+
+def final_selection(
+    maxima: np.ndarray,
+    vmax: np.ndarray,
+    nmax: np.ndarray,
+    minima: np.ndarray,
+    smin: np.ndarray,
+    free_max: np.ndarray,
+    free_min: np.ndarray,
+    fdr: float,
+    bp: BandPass,
+    noise: float,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The decoy-FDR threshold on the local SNR (at least the Rose criterion) and the maxima
+    it keeps: ``(peaks, their SNR, threshold in amplitude units, SNR threshold)``.
+
+    ``vmax`` / ``nmax``: heights and local noise of the maxima; ``smin``: the decoys' local
+    SNR; ``free_*``: extrema that take part in setting the threshold (away from clipping).
+    Shared by the whole-image and the tiled detector, so both select alike.
+    """
+    smax = vmax / nmax
     t_snr, n_max, n_min = decoy_threshold(
         maxima[free_max],
         smax[free_max],
@@ -316,4 +343,4 @@ def select_puncta(
         n_min,
     )
     thr = float(t_snr * np.median(nmax[pick])) if len(peaks) else float(t_snr * noise)
-    return Selection(peaks, snr_p, thr, float(t_snr), noise)
+    return peaks, snr_p, thr, float(t_snr)

@@ -68,9 +68,9 @@ from .noise import (
 )
 from .threshold import (
     _FIRST_PASS_FLOOR,
-    _ROSE_K,
     blob_like,
     decoy_threshold,
+    final_selection,
     local_extrema,
 )
 
@@ -637,25 +637,7 @@ def _auto_select(tiles, store, mask, near, top, r_sat, bp, min_dist, noise, fdr,
             if own.any():
                 out[own] = nm[pos[own, 0] - oy, pos[own, 1] - ox]
     nmax = nmax.astype(np.float32).astype(np.float64)
-    smax, smin = c.vmax / nmax, c.vmin / nmin.astype(np.float32)
-    t_snr, n_max, n_min = decoy_threshold(
-        c.maxima[c.free_max],
-        smax[c.free_max],
-        c.minima[c.free_min],
-        smin[c.free_min],
-        fdr,
-        _ROSE_K,
-        bp.response,
-        bp.reach,
+    smin = c.vmin / nmin.astype(np.float32)
+    return final_selection(
+        c.maxima, c.vmax, nmax, c.minima, smin, c.free_max, c.free_min, fdr, bp, noise
     )
-    pick = smax > t_snr
-    peaks, snr_p = c.maxima[pick], smax[pick]
-    logger.debug(
-        "decoy-FDR threshold: SNR %.3g, %d of %d maxima kept (%d decoy minima)",
-        t_snr,
-        int(pick.sum()),
-        n_max,
-        n_min,
-    )
-    thr = float(t_snr * np.median(nmax[pick])) if len(peaks) else float(t_snr * noise)
-    return peaks, snr_p, thr, float(t_snr)
