@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "at_analysed_scale",
     "bin_mean",
     "binned_plane",
     "binning_for",
@@ -91,6 +92,21 @@ def _bin_block(img: np.ndarray, k: int) -> np.ndarray:
 def is_dask_array(img) -> bool:
     """True for a dask (lazy) array."""
     return hasattr(img, "chunks") and hasattr(img, "compute")
+
+
+def at_analysed_scale(image, binning: int, full_shape: tuple, analysed_shape: tuple) -> np.ndarray:
+    """``image`` at the scale a readout analysed it: binned by ``binning`` when it is the
+    full-size input (a lazy one chunk by chunk), else as given; its shape must then be
+    ``analysed_shape`` (the readout's mask), for an overlay drawn on it."""
+    if len(np.shape(image)) == 2 and binning > 1 and tuple(np.shape(image)) == full_shape:
+        img = bin_mean(image if is_dask_array(image) else np.asarray(image, np.float32), binning)
+    else:
+        img = np.asarray(image)
+    if img.ndim != 2 or img.shape != analysed_shape:
+        raise ValueError(
+            f"image shape {img.shape} does not match the result's shape {analysed_shape}"
+        )
+    return img
 
 
 def binned_plane(image, max_side_px: int | None, name: str = "image2d") -> tuple[np.ndarray, int]:

@@ -36,14 +36,13 @@ import pandas as pd
 from scipy import ndimage
 
 from ._skeleton import (
-    bin_mean,
+    at_analysed_scale,
     binned_plane,
     binning_for,
     check_image2d,
     check_params,
     check_pixel_size,
     check_thresholds,
-    is_dask_array,
     otsu_or_none,
     path_lengths_smoothed,
     prune_skeleton,
@@ -532,15 +531,7 @@ def collagen_overlay(image: np.ndarray, result: CollagenResult) -> np.ndarray:
     """
     from skimage.color import hsv2rgb
 
-    k = result.binning
-    if len(np.shape(image)) == 2 and k > 1 and tuple(np.shape(image)) == result.full_shape:
-        img = bin_mean(image if is_dask_array(image) else np.asarray(image, dtype=np.float32), k)
-    else:
-        img = np.asarray(image)
-    if img.ndim != 2 or img.shape != result.mask.shape:
-        raise ValueError(
-            f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
-        )
+    img = at_analysed_scale(image, result.binning, result.full_shape, result.mask.shape)
     grey = to_rgb_uint8(np.nan_to_num(img.astype(np.float64)))
     v = grey[..., 0].astype(np.float64) / 255.0
     hsv = np.stack(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .._skeleton import bin_mean, is_dask_array, to_rgb_uint8
+from .._skeleton import at_analysed_scale, to_rgb_uint8
 from .result import TubeResult
 
 #: Colours used by :func:`tube_overlay` (RGB), after Angiogenesis Analyzer's result image:
@@ -50,14 +50,7 @@ def tube_overlay(image: np.ndarray, result: TubeResult) -> np.ndarray:
         RGB picture at the analysed (binned) scale.
     """
     k = result.binning
-    if len(np.shape(image)) == 2 and k > 1 and tuple(np.shape(image)) == result.full_shape:
-        img = bin_mean(image if is_dask_array(image) else np.asarray(image, dtype=np.float32), k)
-    else:
-        img = np.asarray(image)
-    if img.ndim != 2 or img.shape != result.mask.shape:
-        raise ValueError(
-            f"image shape {img.shape} does not match the result's shape {result.mask.shape}"
-        )
+    img = at_analysed_scale(image, k, result.full_shape, result.mask.shape)
     rgb = to_rgb_uint8(np.nan_to_num(img.astype(np.float64)), 0.5, 99.5).astype(np.float32)
 
     def tint(where, colour, alpha):
