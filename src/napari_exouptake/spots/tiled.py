@@ -278,24 +278,9 @@ def detect_spots_tiled(
     napari_exouptake.progress.Cancelled
         When ``cancel()`` turns True (checked between tiles).
     """
-    if image.ndim != 2:
-        raise ValueError(f"tiled detection takes a 2D (Y, X) image, got shape {image.shape}")
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.issubdtype(
-        image.dtype, np.complexfloating
-    ):
-        raise ValueError(f"image must be a real numeric array, got dtype {image.dtype}")
-    fixed = _check_options(threshold, fdr, exclude_border_px)
-    if reference_intensity is not None:
-        reference_intensity = float(reference_intensity)
-        if not np.isfinite(reference_intensity) or reference_intensity <= 0:
-            raise ValueError(f"reference_intensity must be > 0, got {reference_intensity}")
-    if mask is not None and tuple(mask.shape) != tuple(image.shape):
-        raise ValueError(f"mask shape {tuple(mask.shape)} differs from image shape {image.shape}")
-    if min_distance_px is not None and min_distance_px <= 0:
-        raise ValueError(f"min_distance_px must be > 0, got {min_distance_px}")
-    tile = -(-int(tile) // NOISE_BLOCK) * NOISE_BLOCK
-    if tile < 64:
-        raise ValueError(f"tile must be >= 64 px, got {tile}")
+    fixed, reference_intensity, tile = _checked(
+        image, threshold, fdr, exclude_border_px, reference_intensity, mask, min_distance_px, tile
+    )
     shape = (int(image.shape[0]), int(image.shape[1]))
     width = shape[1]
 
@@ -323,56 +308,15 @@ def detect_spots_tiled(
     nt = len(tiles)
     store = _Store(workdir)
     try:
-        # -- pass 0: the spike test's noise sample and the clipping level of the raw image
-        s_spike = grid_step(shape, SPIKE_SAMPLE)
-        k4 = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
-        samples, tops = [], []
-        for i, t in enumerate(tiles):
-            step(0.15 * i / nt, "noise of the raw image")
-            y0, y1, x0, x1 = t.core
-            box = (max(y0 - 1, 0), min(y1 + 1, shape[0]), max(x0 - 1, 0), min(x1 + 1, shape[1]))
-            arr = _finite(_read(image, box)).astype(np.float32)
-            d = ndimage.convolve(arr, k4, mode="reflect")
-            sub = _Tile(t.core, box)
-            samples.append(_grid_sample(d, None, sub, s_spike, width))
-            tops.append(_top(arr[sub.inner()]))
-            del arr, d
-        sig = spike_sigma(_ordered(samples))
-        del samples
-        n_saturated = _plateau(tops)[1]
+        sig, n_saturated = _raw_noise_pass(image, tiles, shape, step)
 
         # -- pass 1: hot pixels removed, band-pass; tiles kept on disk
-        n_spikes, ctops = 0, []
-        for i, t in enumerate(tiles):
-            step(0.15 + 0.25 * i / nt, "band-pass filter")
-            raw = _finite(_read(image, t.ext))
-            clean, _ = suppress_spikes(raw, sig)
-            inner = t.inner()
-            n_spikes += int(np.count_nonzero(clean[inner] != raw[inner].astype(np.float32)))
-            del raw
-            f, smooth = band_pass(clean, bp)
-            ctops.append(_top(clean[inner]))
-            store.put(i, clean=clean, f=f, smooth=smooth)
-            del clean, f, smooth
-        top_clean, plateau = _plateau(ctops)
+        n_spikes, top_clean, plateau = _band_pass_pass(image, tiles, store, sig, bp, step)
 
         # -- pass 2: noise sigma of the band-passed image (the whole image's sample grid)
-        s_noise = grid_step(shape, NOISE_SAMPLE)
         near = plateau and fixed is None
         r_sat = int(np.ceil(bp.reach))
-        all_s, stat_s, n_stat = [], [], 0
-        for i, t in enumerate(tiles):
-            step(0.4 + 0.05 * i / nt, "noise of the band-passed image")
-            (f,) = store.get(i, "f")
-            stat = _stat(i, t, store, mask, near, top_clean, r_sat)
-            all_s.append(_grid_sample(f, None, t, s_noise, width))
-            if stat is not None:
-                stat_s.append(_grid_sample(f, stat, t, s_noise, width))
-                n_stat += int(np.count_nonzero(stat[t.inner()]))
-            del f, stat
-        use = (mask is not None or near) and n_stat >= 64
-        noise = robust_sigma(_ordered(stat_s if use else all_s))
-        del all_s, stat_s
+        noise = _band_noise_pass(tiles, store, mask, near, top_clean, r_sat, shape, step)
 
         attrs = {
             "threshold": np.nan,
@@ -408,24 +352,135 @@ def detect_spots_tiled(
             peaks, snr, response = peaks[keep], snr[keep], response[keep]
 
         # -- pass 6: localisation, tile by tile (neighbouring puncta share the disc pixels)
-        parts = []
-        reach = 4 * int(np.ceil(2 * bp.radius.max())) + 2
-        for i, t in enumerate(tiles):
-            step(0.8 + 0.2 * i / nt, "localisation")
-            own = t.in_core(peaks)
-            if not own.any():
-                continue
-            near_p = np.flatnonzero(t.in_ext(peaks, 0) & _within(peaks, t.core, reach))
-            clean, f, smooth = store.get(i, "clean", "f", "smooth")
-            loc = peaks[near_p] - t.origin
-            pun = Puncta(loc, loc.astype(float), response[near_p], snr[near_p])
-            pun = _localise(pun, clean, f, smooth, bp)
-            core = core_intensity(clean, loc, pun.background, bp.radius)
-            sel = own[near_p]
-            parts.append((near_p[sel], pun.take(sel), core[sel], t.origin))
-            del clean, f, smooth
+        parts = _localise_pass(tiles, store, peaks, response, snr, bp, step)
     finally:
         store.close()
+    df = _assemble(parts, peaks, bp, attrs, reference_intensity, cluster_estimate)
+    logger.info(
+        "%d puncta detected in %d tiles, %.0f estimated (threshold %.4g, noise sigma %.4g)",
+        len(df),
+        nt,
+        float(df["n_estimate"].sum()),
+        attrs["threshold"],
+        noise,
+    )
+    return df
+
+
+def _checked(image, threshold, fdr, exclude_border_px, reference_intensity, mask, min_d, tile):
+    """The options checked as :func:`detect_spots` checks them; returns the fixed threshold
+    (None: automatic), the reference intensity and the tile side (a multiple of 4)."""
+    if image.ndim != 2:
+        raise ValueError(f"tiled detection takes a 2D (Y, X) image, got shape {image.shape}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.issubdtype(
+        image.dtype, np.complexfloating
+    ):
+        raise ValueError(f"image must be a real numeric array, got dtype {image.dtype}")
+    fixed = _check_options(threshold, fdr, exclude_border_px)
+    if reference_intensity is not None:
+        reference_intensity = float(reference_intensity)
+        if not np.isfinite(reference_intensity) or reference_intensity <= 0:
+            raise ValueError(f"reference_intensity must be > 0, got {reference_intensity}")
+    if mask is not None and tuple(mask.shape) != tuple(image.shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from image shape {image.shape}")
+    if min_d is not None and min_d <= 0:
+        raise ValueError(f"min_distance_px must be > 0, got {min_d}")
+    tile = -(-int(tile) // NOISE_BLOCK) * NOISE_BLOCK
+    if tile < 64:
+        raise ValueError(f"tile must be >= 64 px, got {tile}")
+    return fixed, reference_intensity, tile
+
+
+def _raw_noise_pass(image, tiles, shape, step) -> tuple[float, int]:
+    """Pass 0: the spike test's noise sample and the clipping level of the raw image."""
+    width = shape[1]
+    nt = len(tiles)
+    s_spike = grid_step(shape, SPIKE_SAMPLE)
+    k4 = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
+    samples, tops = [], []
+    for i, t in enumerate(tiles):
+        step(0.15 * i / nt, "noise of the raw image")
+        y0, y1, x0, x1 = t.core
+        box = (max(y0 - 1, 0), min(y1 + 1, shape[0]), max(x0 - 1, 0), min(x1 + 1, shape[1]))
+        arr = _finite(_read(image, box)).astype(np.float32)
+        d = ndimage.convolve(arr, k4, mode="reflect")
+        sub = _Tile(t.core, box)
+        samples.append(_grid_sample(d, None, sub, s_spike, width))
+        tops.append(_top(arr[sub.inner()]))
+        del arr, d
+    sig = spike_sigma(_ordered(samples))
+    del samples
+    n_saturated = _plateau(tops)[1]
+    return sig, n_saturated
+
+
+def _band_pass_pass(image, tiles, store, sig, bp, step) -> tuple[int, float, bool]:
+    """Pass 1: hot pixels removed and the band-pass filter, each tile kept on disk; returns
+    the number of spikes replaced and the clipping level of the cleaned image."""
+    nt = len(tiles)
+    n_spikes, ctops = 0, []
+    for i, t in enumerate(tiles):
+        step(0.15 + 0.25 * i / nt, "band-pass filter")
+        raw = _finite(_read(image, t.ext))
+        clean, _ = suppress_spikes(raw, sig)
+        inner = t.inner()
+        n_spikes += int(np.count_nonzero(clean[inner] != raw[inner].astype(np.float32)))
+        del raw
+        f, smooth = band_pass(clean, bp)
+        ctops.append(_top(clean[inner]))
+        store.put(i, clean=clean, f=f, smooth=smooth)
+        del clean, f, smooth
+    top_clean, plateau = _plateau(ctops)
+    return n_spikes, top_clean, plateau
+
+
+def _band_noise_pass(tiles, store, mask, near, top_clean, r_sat, shape, step) -> float:
+    """Pass 2: robust noise sigma of the band-passed image on the whole image's sample grid
+    (away from clipped pixels and outside the mask when there are enough pixels left)."""
+    width = shape[1]
+    nt = len(tiles)
+    s_noise = grid_step(shape, NOISE_SAMPLE)
+    all_s, stat_s, n_stat = [], [], 0
+    for i, t in enumerate(tiles):
+        step(0.4 + 0.05 * i / nt, "noise of the band-passed image")
+        (f,) = store.get(i, "f")
+        stat = _stat(i, t, store, mask, near, top_clean, r_sat)
+        all_s.append(_grid_sample(f, None, t, s_noise, width))
+        if stat is not None:
+            stat_s.append(_grid_sample(f, stat, t, s_noise, width))
+            n_stat += int(np.count_nonzero(stat[t.inner()]))
+        del f, stat
+    use = (mask is not None or near) and n_stat >= 64
+    noise = robust_sigma(_ordered(stat_s if use else all_s))
+    del all_s, stat_s
+    return noise
+
+
+def _localise_pass(tiles, store, peaks, response, snr, bp, step) -> list:
+    """Pass 6: sub-pixel position, background and intensity of each punctum, in the tile
+    whose core holds it (neighbouring puncta share the disc pixels, as on the whole image)."""
+    nt = len(tiles)
+    parts = []
+    reach = 4 * int(np.ceil(2 * bp.radius.max())) + 2
+    for i, t in enumerate(tiles):
+        step(0.8 + 0.2 * i / nt, "localisation")
+        own = t.in_core(peaks)
+        if not own.any():
+            continue
+        near_p = np.flatnonzero(t.in_ext(peaks, 0) & _within(peaks, t.core, reach))
+        clean, f, smooth = store.get(i, "clean", "f", "smooth")
+        loc = peaks[near_p] - t.origin
+        pun = Puncta(loc, loc.astype(float), response[near_p], snr[near_p])
+        pun = _localise(pun, clean, f, smooth, bp)
+        core = core_intensity(clean, loc, pun.background, bp.radius)
+        sel = own[near_p]
+        parts.append((near_p[sel], pun.take(sel), core[sel], t.origin))
+        del clean, f, smooth
+    return parts
+
+
+def _assemble(parts, peaks, bp, attrs, reference_intensity, cluster_estimate) -> pd.DataFrame:
+    """The tiles' puncta in whole-image order as the table of :func:`detect_spots`."""
     idx = np.concatenate([p[0] for p in parts])
     order = np.argsort(idx, kind="stable")
 
@@ -454,14 +509,6 @@ def detect_spots_tiled(
         table["n_estimate"] = count_from_core(core, pun.intensity, ref, log_spread(pun.intensity))
     df = pd.DataFrame(table)
     df.attrs.update(attrs)
-    logger.info(
-        "%d puncta detected in %d tiles, %.0f estimated (threshold %.4g, noise sigma %.4g)",
-        len(df),
-        nt,
-        float(df["n_estimate"].sum()),
-        attrs["threshold"],
-        noise,
-    )
     return df
 
 
