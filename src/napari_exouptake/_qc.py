@@ -78,6 +78,7 @@ def draw_overlay(
     spots: pd.DataFrame | None,
     positive_ids: Sequence[int] | np.ndarray = (),
     contrast: tuple[float, float] | None = None,
+    ring_px: int = 3,
 ) -> np.ndarray:
     """The overlay's pixels (no title, legend or scale bar).
 
@@ -93,6 +94,9 @@ def draw_overlay(
         Labels of EV-positive cells (outlined in green).
     contrast : (float, float), optional
         Black and white levels (default: this image's 1st and 99.8th percentiles).
+    ring_px : int
+        Radius of the ring drawn round each punctum; 0 marks the punctum's pixel only (a
+        subsampled whole well, where rings would cover the picture).
 
     Returns
     -------
@@ -117,9 +121,9 @@ def draw_overlay(
     if spots is not None and len(spots):
         yy = np.clip(np.round(spots["y"].to_numpy()).astype(int), 0, lab.shape[0] - 1)
         xx = np.clip(np.round(spots["x"].to_numpy()).astype(int), 0, lab.shape[1] - 1)
-        ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-        ry = np.clip(np.round(yy[:, None] + 3 * np.sin(ang)).astype(int), 0, lab.shape[0] - 1)
-        rx = np.clip(np.round(xx[:, None] + 3 * np.cos(ang)).astype(int), 0, lab.shape[1] - 1)
+        ang = np.linspace(0, 2 * np.pi, 16 if ring_px > 0 else 1, endpoint=False)
+        ry = np.clip(np.round(yy[:, None] + ring_px * np.sin(ang)).astype(int), 0, lab.shape[0] - 1)
+        rx = np.clip(np.round(xx[:, None] + ring_px * np.cos(ang)).astype(int), 0, lab.shape[1] - 1)
         inside = (
             spots["cell_id"].to_numpy() > 0 if "cell_id" in spots else np.ones(len(spots), bool)
         )

@@ -207,6 +207,7 @@ def write_qc(
     exo: np.ndarray | None = None,
     cells_labels: np.ndarray | None = None,
     nuclei_labels: np.ndarray | None = None,
+    ring_px: int | None = None,
 ) -> Path:
     """``qc/<image>_overlay.png`` of a finalized result (see :mod:`napari_exouptake._qc`).
 
@@ -237,6 +238,7 @@ def write_qc(
         spots,
         np.asarray(pos, dtype=np.int64),
         contrast,
+        ring_px=(3 if k == 1 else 0) if ring_px is None else ring_px,
     )
     return write_qc_png(
         path,

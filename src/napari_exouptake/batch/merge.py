@@ -367,6 +367,7 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
                 exo=np.load(planes[r.image]),
                 cells_labels=np.asarray(cells_lab),
                 nuclei_labels=None if nuclei is None else np.asarray(nuclei),
+                ring_px=3 if k == 1 else 0,  # a subsampled whole well: one pixel per punctum
             )
         except Exception as exc:  # a QC picture must not fail the run
             log.warning("%s: QC overlay not written: %s", r.image, exc)
