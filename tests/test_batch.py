@@ -793,6 +793,24 @@ def _huge_tiff(path: Path) -> None:
             tif.pages[0].tags[tag].overwrite(100_000)
 
 
+def test_pixel_limit_lets_a_plane_analysed_tile_by_tile_through(sim, tmp_path):
+    """An image over the pixel limit is refused when it would be analysed whole, and analysed
+    when it is a single plane above big_image_px (the tiled path needs far less memory)."""
+    img = sim / "images" / "ev_high_005.ome.tif"  # 5 channels x 160 x 160 = 128,000 pixels
+    whole = analyze_batch(img, sim / "config.yaml", tmp_path / "a", labels=sim / "labels",
+                          max_pixels=100_000)  # fmt: skip
+    assert list(whole.failed) == ["ev_high_005"]
+    assert "128,000 pixels, more than the limit of 100,000 for an image analysed whole" in (
+        whole.failed["ev_high_005"]
+    )
+    cfg = save_config(
+        load_config(sim / "config.yaml").with_updates(big_image_px=20_000), tmp_path / "c.yaml"
+    )
+    tiled = analyze_batch(img, cfg or tmp_path / "c.yaml", tmp_path / "b", labels=sim / "labels",
+                          max_pixels=100_000)  # fmt: skip
+    assert tiled.exit_code == 0 and not tiled.failed
+
+
 def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
     import resource
 
@@ -815,7 +833,8 @@ def test_pixel_limit_refuses_before_decoding(sim, tmp_path):
     )
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     assert list(res.failed) == ["huge"] and len(res.done) == 6
-    assert "more than the limit of 100,000,000" in res.failed["huge"]
+    msg = res.failed["huge"]  # the header is checked against the tiled path's budget too
+    assert "more than the limit of 1,250,000,000" in msg and "100,000,000 pixels" in msg
     assert grown_mb < 200, grown_mb  # nothing like the 20 GB the header asks for
     # the default comes from the available memory
     assert batch.default_max_pixels(1) > batch.default_max_pixels(4) >= 1 << 20

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..io import TIFF_SUFFIXES
+from .checks import BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL
 from .manifest import _Task
 
 
@@ -62,11 +63,11 @@ class _Unit:
 
 def _units(task: _Task, labels_z: Callable[[str, int, int], bool]) -> Iterator[_Unit]:
     """Every analysable (C, Z, Y, X) image of one file, with its name."""
-    from ..io import check_pixel_count, read_image
+    from ..io import read_image
 
     path = Path(task.path)
     if task.max_pixels is not None:
-        check_pixel_count(path, task.max_pixels)  # from the header, before decoding
+        _check_header(path, task.max_pixels)  # from the header, before decoding
     first = read_image(path, axes=task.config.axes)  # series 0, and the file's metadata
     n_s = _n_series(path, first)
     scenes = first.metadata.get("scenes")  # named scenes: file[<scene>], else file_s<NN>
@@ -85,7 +86,41 @@ def _units(task: _Task, labels_z: Callable[[str, int, int], bool]) -> Iterator[_
                 for z in range(n_z):
                     yield _Unit(f"{name}_z{z:03d}", frame.plane(z), s, t, n_t, z)
             else:
+                if task.max_pixels is not None:
+                    _check_whole(path, name, frame, task)
                 yield _Unit(name, frame, s, t, n_t, None)
+
+
+def _check_header(path: Path, limit: int) -> None:
+    """Refuse from the header a file too big even for the tiled path (``TILED_BYTES_PER_PIXEL``
+    instead of ``BYTES_PER_PIXEL`` per pixel); images analysed whole are held to ``limit`` by
+    :func:`_check_whole` once their shape is known."""
+    from ..io import ImageTooLargeError, check_pixel_count
+
+    tiled = limit * BYTES_PER_PIXEL // TILED_BYTES_PER_PIXEL
+    try:
+        check_pixel_count(path, tiled)
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(
+            f"{exc} (the limit is {limit:,} pixels for an image analysed whole, {tiled:,} for "
+            "a single plane above big_image_px, analysed tile by tile)"
+        ) from None
+
+
+def _check_whole(path: Path, name: str, frame, task: _Task) -> None:
+    """Refuse an image over the pixel limit unless it takes the tiled path (a single plane
+    above ``big_image_px``, see :mod:`napari_exouptake.big_image`)."""
+    from ..big_image import is_big
+    from ..io import ImageTooLargeError
+
+    n = int(np.prod(frame.data.shape, dtype=np.float64))
+    if n > task.max_pixels and not is_big(frame, task.config):
+        raise ImageTooLargeError(
+            f"{path}: {name} has {n:,} pixels, more than the limit of {task.max_pixels:,} for "
+            f"an image analysed whole (only a single plane above big_image_px, "
+            f"{task.config.big_image_px:,}, is analysed tile by tile); raise --max-pixels if "
+            "the memory allows"
+        )
 
 
 def _select_labels(arr: np.ndarray, t: int, n_t: int, z: int | None) -> np.ndarray:
