@@ -800,8 +800,9 @@ def test_pixel_limit_lets_a_plane_analysed_tile_by_tile_through(sim, tmp_path):
     whole = analyze_batch(img, sim / "config.yaml", tmp_path / "a", labels=sim / "labels",
                           max_pixels=100_000)  # fmt: skip
     assert list(whole.failed) == ["ev_high_005"]
-    assert "128,000 pixels, more than the limit of 100,000 for an image analysed whole" in (
-        whole.failed["ev_high_005"]
+    assert (
+        "128,000 pixels, more than the limit of 100,000 for an image analysed whole"
+        in (whole.failed["ev_high_005"])
     )
     cfg = save_config(
         load_config(sim / "config.yaml").with_updates(big_image_px=20_000), tmp_path / "c.yaml"
