@@ -18,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from .config import AssayConfig
+from .config import DEFAULT_RADIUS_PX, AssayConfig
 from .io import ImageData, read_labels
 from .measure import assign_spots_tiled, measure_cells_tiled
 from .progress import Progress, within
+from .spots.detect import config_options
 from .spots.tiled import DEFAULT_TILE, detect_spots_tiled
 
 __all__ = ["is_big", "lazy_labels", "spots_and_cells"]
@@ -92,13 +93,7 @@ def spots_and_cells(
     lab = cells[0]
     spots = detect_spots_tiled(
         exo,
-        radius_px=sc.radius_px,
-        threshold=sc.threshold,
-        fdr=sc.fdr,
-        background_radius_px=sc.background_radius_px,
-        min_distance_px=sc.min_distance_px,
-        cluster_estimate=sc.cluster_estimate,
-        exclude_border_px=sc.exclude_border_px,
+        **config_options(sc),
         tile=DEFAULT_TILE,
         progress=within(progress, 0.0, 0.7),
         cancel=cancel,
@@ -111,7 +106,7 @@ def spots_and_cells(
         spots,
         pixel_size_um=pixel_size_um,
         marker_names=list(markers),
-        spot_radius_px=float(spots.attrs.get("radius_px", 1.8)),
+        spot_radius_px=float(spots.attrs.get("radius_px", DEFAULT_RADIUS_PX)),
         progress=within(progress, 0.7, 1.0),
         cancel=cancel,
     )

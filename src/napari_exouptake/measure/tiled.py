@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_RADIUS_PX
 from ._inputs import _EXO, _check_channel, _check_labels
 from .assign import _disc_offsets, _spot_pixels
 from .cells import _empty_columns, _spot_sums, _zero_spot_columns
@@ -73,7 +74,7 @@ def measure_cells_tiled(
     pixel_size_um: float | None = None,
     marker_names: Sequence[str] | None = None,
     exo_background: float | None = None,
-    spot_radius_px: float = 1.8,
+    spot_radius_px: float = DEFAULT_RADIUS_PX,
     exosome_key: str = _EXO,
     band_rows: int = TILED_BAND_ROWS,
     progress: Any = None,

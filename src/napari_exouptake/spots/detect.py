@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..config import DEFAULT_RADIUS_PX, SpotsConfig
 from ._geometry import check_image, ellipse_offsets
 from .decompose import count_estimate, log_spread
 from .decompose import reference_intensity as typical_intensity
@@ -22,7 +23,13 @@ from .threshold import local_extrema, select_puncta
 if TYPE_CHECKING:
     from ..config import SpotsConfig
 
-__all__ = ["SPOT_COLUMNS", "detect_spots", "detect_spots_from_config", "learn_threshold"]
+__all__ = [
+    "SPOT_COLUMNS",
+    "config_options",
+    "detect_spots",
+    "detect_spots_from_config",
+    "learn_threshold",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +102,7 @@ def _check_options(threshold: Any, fdr: float, exclude_border_px: int) -> float 
 def detect_spots(
     image: np.ndarray,
     *,
-    radius_px: float | Sequence[float] | str = 1.8,
+    radius_px: float | Sequence[float] | str = DEFAULT_RADIUS_PX,
     threshold: str | float = "auto",
     fdr: float = 0.05,
     background_radius_px: float | None = None,
@@ -360,23 +367,26 @@ def detect_spots_from_config(
             mask = np.asarray(mask)[0]
     if spots_cfg is None:
         return detect_spots(arr, mask=mask)
-    return detect_spots(
-        arr,
-        radius_px=spots_cfg.radius_px,
-        threshold=spots_cfg.threshold,
-        fdr=spots_cfg.fdr,
-        background_radius_px=spots_cfg.background_radius_px,
-        min_distance_px=spots_cfg.min_distance_px,
-        mask=mask,
-        cluster_estimate=spots_cfg.cluster_estimate,
-        exclude_border_px=spots_cfg.exclude_border_px,
-    )
+    return detect_spots(arr, mask=mask, **config_options(spots_cfg))
+
+
+def config_options(spots_cfg: SpotsConfig) -> dict:
+    """The detector's keyword arguments set by a ``SpotsConfig`` (whole-image and tiled)."""
+    return {
+        "radius_px": spots_cfg.radius_px,
+        "threshold": spots_cfg.threshold,
+        "fdr": spots_cfg.fdr,
+        "background_radius_px": spots_cfg.background_radius_px,
+        "min_distance_px": spots_cfg.min_distance_px,
+        "cluster_estimate": spots_cfg.cluster_estimate,
+        "exclude_border_px": spots_cfg.exclude_border_px,
+    }
 
 
 def learn_threshold(
     control_images: np.ndarray | Sequence[np.ndarray],
     *,
-    radius_px: float | Sequence[float] = 1.8,
+    radius_px: float | Sequence[float] = DEFAULT_RADIUS_PX,
     background_radius_px: float | None = None,
     min_distance_px: float | None = None,
     max_false_per_mpx: float = 1.0,
@@ -459,7 +469,7 @@ def learn_threshold(
 
 
 #: estimate_psf_sigma: detection rounds, starting from this PSF sigma (the default radius 1.8)
-_PSF_START = 1.8 / np.sqrt(2.0)
+_PSF_START = DEFAULT_RADIUS_PX / np.sqrt(2.0)
 _PSF_ROUNDS = 3
 
 

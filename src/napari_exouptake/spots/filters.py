@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..config import DEFAULT_RADIUS_PX
 from ._geometry import check_image, per_axis
 
 __all__ = ["BandPass", "band_pass", "filter_image"]
@@ -115,7 +116,7 @@ def band_pass(img: np.ndarray, bp: BandPass) -> tuple[np.ndarray, np.ndarray]:
 def filter_image(
     image: np.ndarray,
     *,
-    radius_px: float | Sequence[float] = 1.8,
+    radius_px: float | Sequence[float] = DEFAULT_RADIUS_PX,
     background_radius_px: float | None = None,
 ) -> np.ndarray:
     """Band-pass (difference-of-Gaussians) image in punctum-amplitude units.

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ..config import DEFAULT_RADIUS_PX
 from ..progress import Cancelled, Progress
 from ._tiles import (
     _NOISE_SCALE,
@@ -114,7 +115,7 @@ class _Candidates:
 def detect_spots_tiled(
     image: Any,
     *,
-    radius_px: float | Sequence[float] | str = 1.8,
+    radius_px: float | Sequence[float] | str = DEFAULT_RADIUS_PX,
     threshold: str | float = "auto",
     fdr: float = 0.05,
     background_radius_px: float | None = None,
