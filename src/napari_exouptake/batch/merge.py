@@ -327,6 +327,14 @@ def refresh_report(out: str | Path) -> Path | None:
         return None
 
 
+def _shown_labels(lazy_labels, k: int) -> np.ndarray:
+    """Every k-th pixel of a lazily read label image, read in this thread (dask's synchronous
+    scheduler: no thread pool, which a process forked later, e.g. by a caller, would inherit
+    in a state it cannot use)."""
+    part = lazy_labels[..., ::k, ::k]
+    return np.asarray(part.compute(scheduler="synchronous") if hasattr(part, "compute") else part)
+
+
 def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path]) -> None:
     """``qc/<image>_overlay.png`` for every merged image: one contrast for the whole run,
     EV-positive cells marked (run-level calls), from each part's saved EV plane and labels."""
@@ -351,9 +359,9 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
         nuclei = read_labels(nuc_path, lazy=True) if nuc_path.is_file() else None
         k = qc_step(cells_lab.shape)
         shown = r
-        if k > 1:  # the saved plane was subsampled: subsample the labels, scale the puncta
-            cells_lab = cells_lab[..., ::k, ::k]
-            nuclei = None if nuclei is None else nuclei[..., ::k, ::k]
+        cells_lab = _shown_labels(cells_lab, k)
+        nuclei = None if nuclei is None else _shown_labels(nuclei, k)
+        if k > 1:  # the saved plane was subsampled: the labels are too; scale the puncta
             spots = r.spots.copy()
             spots[["y", "x"]] = spots[["y", "x"]] / k
             ps = r.provenance.get("pixel_size_um")
@@ -365,8 +373,8 @@ def _write_merged_qc(out: Path, results: Sequence[Any], files_of: dict[str, Path
                 shown,
                 contrast,
                 exo=np.load(planes[r.image]),
-                cells_labels=np.asarray(cells_lab),
-                nuclei_labels=None if nuclei is None else np.asarray(nuclei),
+                cells_labels=cells_lab,
+                nuclei_labels=nuclei,
                 ring_px=3 if k == 1 else 0,  # a subsampled whole well: one pixel per punctum
             )
         except Exception as exc:  # a QC picture must not fail the run
