@@ -648,3 +648,19 @@ def test_scene_labels_are_safe_and_unique():
         "Image_0",
         "x.y+z-1",
     ]
+
+
+def test_lazy_labels_without_dask_are_read_whole(tmp_path, monkeypatch):
+    """The core install has no dask/zarr: lazy label reading falls back to a numpy array (a
+    .zarr label image then names the extra to install)."""
+    import napari_exouptake.io.labels as io_labels
+
+    lab = np.arange(64, dtype=np.int32).reshape(8, 8)
+    write_labels(tmp_path / "l.tif", lab)
+    monkeypatch.setattr(io_labels, "_can_read_lazily", lambda: False)
+    got = read_labels(tmp_path / "l.tif", lazy=True)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, lab)
+    (tmp_path / "l.zarr").mkdir()
+    with pytest.raises(ImageReadError, match=r"formats extra"):
+        read_labels(tmp_path / "l.zarr", lazy=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import ImageReadError, is_lazy
+from .image import FORMATS_INSTALL, ImageReadError, is_lazy
 from .lazy import _open_zarr_level0, _tiff_dask
 from .write import atomic_write, replace_dir
 
@@ -126,6 +126,13 @@ def _write_labels_zarr(path: Path, labels) -> Path:
     return path
 
 
+def _can_read_lazily() -> bool:
+    """dask and zarr are installed (the ``formats`` extra)."""
+    from importlib.util import find_spec
+
+    return find_spec("dask") is not None and find_spec("zarr") is not None
+
+
 def read_labels(path: str | Path, lazy: bool = False) -> np.ndarray:
     """Read a label image (TIFF, tiled TIFF or OME-Zarr) as an integer array.
 
@@ -135,6 +142,8 @@ def read_labels(path: str | Path, lazy: bool = False) -> np.ndarray:
         A label TIFF, or a ``.zarr`` folder (OME-Zarr: its first resolution level).
     lazy : bool
         True: a dask array read on demand (tiles/chunks), for label images too big to hold.
+        Lazy reading needs dask and zarr (the ``formats`` extra); without them a TIFF is
+        read whole (a numpy array, sliced the same way).
 
     Raises
     ------
@@ -147,8 +156,12 @@ def read_labels(path: str | Path, lazy: bool = False) -> np.ndarray:
         raise ImageReadError(f"{path}: no such label file")
     try:
         if is_zarr:
+            if not _can_read_lazily():
+                raise ImageReadError(
+                    f"{path}: OME-Zarr labels need the formats extra ({FORMATS_INSTALL})"
+                )
             labels = _open_zarr_level0(path)
-        elif lazy:
+        elif lazy and _can_read_lazily():
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -158,14 +171,15 @@ def read_labels(path: str | Path, lazy: bool = False) -> np.ndarray:
             import tifffile
 
             labels = tifffile.imread(path)
-        if not lazy:
+        if not hasattr(labels, "compute"):
             labels = np.asarray(labels)
     except ImageReadError:
         raise
     except Exception as exc:
         raise ImageReadError(f"{path}: cannot read the label image ({exc})") from exc
     if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and not lazy and np.all(np.mod(labels, 1) == 0):
+        eager = isinstance(labels, np.ndarray)
+        if labels.dtype.kind == "f" and eager and np.all(np.mod(labels, 1) == 0):
             labels = labels.astype(np.int64)
         else:
             raise ImageReadError(f"{path}: a label image must hold integers, got {labels.dtype}")
