@@ -664,3 +664,13 @@ def test_lazy_labels_without_dask_are_read_whole(tmp_path, monkeypatch):
     (tmp_path / "l.zarr").mkdir()
     with pytest.raises(ImageReadError, match=r"formats extra"):
         read_labels(tmp_path / "l.zarr", lazy=True)
+
+
+def test_zarr_labels_read_eagerly_unless_asked(tmp_path):
+    pytest.importorskip("zarr", reason="OME-Zarr needs zarr (the formats extra)")
+    lab = np.arange(64, dtype=np.int32).reshape(8, 8)
+    write_labels(tmp_path / "l.zarr", lab)
+    eager = read_labels(tmp_path / "l.zarr")
+    assert isinstance(eager, np.ndarray)
+    np.testing.assert_array_equal(eager, lab)
+    assert hasattr(read_labels(tmp_path / "l.zarr", lazy=True), "compute")

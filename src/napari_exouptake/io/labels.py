@@ -171,7 +171,7 @@ def read_labels(path: str | Path, lazy: bool = False) -> np.ndarray:
             import tifffile
 
             labels = tifffile.imread(path)
-        if not hasattr(labels, "compute"):
+        if not lazy:
             labels = np.asarray(labels)
     except ImageReadError:
         raise
