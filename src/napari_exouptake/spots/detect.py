@@ -202,16 +202,7 @@ def detect_spots(
         noise = noise_sigma(f, mask)
         snr = f[tuple(peaks.T)] / noise if noise > 0 else np.full(len(peaks), np.inf)
         thr, snr_thr = fixed, np.nan
-    attrs = {
-        "threshold": float(thr),
-        "snr_threshold": float(snr_thr),
-        "noise_sigma": float(noise),
-        "reference_intensity": np.nan,
-        "radius_px": float(bp.radius[-1]),
-        "radius_auto": auto_r,
-        "n_spikes": n_spikes,
-        "n_saturated": int(n_saturated),
-    }
+    attrs = detection_attrs(thr, snr_thr, noise, bp, auto_r, n_spikes, n_saturated)
     border = max(int(exclude_border_px), 1)
     lat = peaks[:, -2:]
     inside = np.all((lat >= border) & (lat < np.asarray(img.shape[-2:]) - border), axis=1)
@@ -339,6 +330,22 @@ def _table(
     cols = {name: table["coords"][:, i] for i, name in enumerate(names)}
     cols.update({key: table[key] for key in SPOT_COLUMNS[3:]})
     return cols
+
+
+def detection_attrs(thr, snr_thr, noise, bp, auto_r, n_spikes, n_saturated) -> dict:
+    """The detection's record in ``df.attrs`` (the reference intensity is set with the table):
+    threshold in image units and on the SNR, noise sigma, radius used and whether it was
+    estimated, hot pixels replaced, saturated pixels."""
+    return {
+        "threshold": float(thr),
+        "snr_threshold": float(snr_thr),
+        "noise_sigma": float(noise),
+        "reference_intensity": np.nan,
+        "radius_px": float(bp.radius[-1]),
+        "radius_auto": auto_r,
+        "n_spikes": n_spikes,
+        "n_saturated": int(n_saturated),
+    }
 
 
 def detect_spots_from_config(

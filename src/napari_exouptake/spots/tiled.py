@@ -67,6 +67,7 @@ from .detect import (
     _in_population,
     _localise,
     _table,
+    detection_attrs,
     estimate_psf_sigma,
 )
 from .filters import BandPass, band_pass
@@ -203,16 +204,6 @@ def detect_spots_tiled(
         r_sat = int(np.ceil(bp.reach))
         noise = _band_noise_pass(tiles, store, mask, near, top_clean, r_sat, shape, step)
 
-        attrs = {
-            "threshold": np.nan,
-            "snr_threshold": np.nan,
-            "noise_sigma": float(noise),
-            "reference_intensity": np.nan,
-            "radius_px": float(bp.radius[-1]),
-            "radius_auto": auto_r,
-            "n_spikes": n_spikes,
-            "n_saturated": int(n_saturated),
-        }
         if fixed is None:
             peaks, snr, thr, snr_thr = _auto_select(
                 tiles, store, mask, near, top_clean, r_sat, bp, min_dist, noise, fdr, shape, step
@@ -221,8 +212,7 @@ def detect_spots_tiled(
             peaks = _fixed_select(tiles, store, mask, min_dist, fixed, width)
             snr = f_at(tiles, store, peaks) / noise if noise > 0 else np.full(len(peaks), np.inf)
             thr, snr_thr = fixed, np.nan
-        attrs["threshold"] = float(thr)
-        attrs["snr_threshold"] = float(snr_thr)
+        attrs = detection_attrs(thr, snr_thr, noise, bp, auto_r, n_spikes, n_saturated)
         border = max(int(exclude_border_px), 1)
         inside = np.all((peaks >= border) & (peaks < np.asarray(shape) - border), axis=1)
         if not inside.any():
